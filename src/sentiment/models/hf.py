@@ -1,0 +1,32 @@
+"""Library backbones: any Hugging Face `AutoModelForSequenceClassification` (BERT, GPT-2, Llama, ...)."""
+
+from __future__ import annotations
+
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from sentiment.models.hub import from_pretrained
+
+# The "newly initialised: classifier.weight" report is expected when fine-tuning; keep real errors only.
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
+
+
+def load_tokenizer(checkpoint: str):
+    """The checkpoint's own fast tokenizer; decoders without a pad token pad with their end-of-text token."""
+    tokenizer = from_pretrained(AutoTokenizer, checkpoint)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True):
+    """A sequence classifier on `checkpoint`: BERT pools `[CLS]`, decoders read the last non-pad token.
+
+    `pretrained=False` keeps the architecture and tokenizer but starts from random weights.
+    """
+    pad_token_id = load_tokenizer(checkpoint).pad_token_id
+    config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
+    if not pretrained:
+        return AutoModelForSequenceClassification.from_config(config)
+    return from_pretrained(AutoModelForSequenceClassification, checkpoint, config=config)

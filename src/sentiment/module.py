@@ -1,0 +1,125 @@
+"""One LightningModule for every backbone: library BERT / GPT-2 / Llama and our hand-written models alike."""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryConfusionMatrix, BinaryF1Score
+
+from sentiment.errors import UserError
+
+
+class SentimentClassifier(L.LightningModule):
+    """Fine-tunes `net` (built by Hydra from its `_target_` config) to classify reviews.
+
+    `net(input_ids=..., attention_mask=...)` must return logits of shape (B, num_labels), or an object with
+    `.logits` (every Hugging Face `*ForSequenceClassification` does). Keeping the net's config, not the net,
+    in the hyperparameters lets `load_from_checkpoint` rebuild it from the checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        lr: float = 2e-5,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.0,
+        schedule: str = "linear",
+        fused: bool = False,
+    ):
+        super().__init__()
+        if schedule not in ("linear", "constant"):
+            raise UserError(f"model.schedule={schedule}: choose linear (warmup then linear decay to 0) or constant.")
+        if not 0 <= warmup_ratio < 1:
+            raise UserError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1).")
+        self.save_hyperparameters(logger=False)
+        # from_pretrained returns eval mode (dropout off) and Lightning keeps each submodule's mode: fine-tune in train mode.
+        self.net = hydra.utils.instantiate(net).train()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc, self.test_acc = BinaryAccuracy(), BinaryAccuracy()
+        self.val_f1, self.test_f1 = BinaryF1Score(), BinaryF1Score()
+        self.val_acc_best = MaxMetric()
+        self.val_confusion = BinaryConfusionMatrix()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.net(input_ids=input_ids, attention_mask=attention_mask)
+        return out if isinstance(out, torch.Tensor) else out.logits
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"]).float()
+        loss = F.cross_entropy(logits, batch["labels"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss is {loss.item()} at step {self.global_step}: training diverged. "
+                "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
+            )
+        return loss, logits.argmax(dim=-1)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity-check pass must not count as a best
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self.step(batch)
+        self.train_loss(loss)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, preds = self.step(batch)
+        n = len(batch["labels"])
+        self.val_loss(loss, n)
+        self.val_acc(preds, batch["labels"])
+        self.val_f1(preds, batch["labels"])
+        self.val_confusion(preds, batch["labels"])
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/f1", self.val_f1, on_epoch=True, batch_size=n)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_confusion.reset()  # read by ConfusionMatrixLogger at the end of the epoch
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        loss, preds = self.step(batch)
+        n = len(batch["labels"])
+        self.test_loss(loss, n)
+        self.test_acc(preds, batch["labels"])
+        self.test_f1(preds, batch["labels"])
+        self.log("test/loss", self.test_loss, on_epoch=True, batch_size=n)
+        self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("test/f1", self.test_f1, on_epoch=True, batch_size=n)
+
+    def configure_optimizers(self):
+        """AdamW with weight decay on weights only: never on biases or normalisation gains (BERT's recipe)."""
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas), fused=hp.fused or None)
+        if hp.schedule == "constant" and hp.warmup_ratio == 0:
+            return optimizer
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warmup = int(hp.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 1.0 if hp.schedule == "constant" else max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in module.parameters())
+    return total, sum(p.numel() for p in module.parameters() if p.requires_grad)
+

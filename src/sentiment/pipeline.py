@@ -1,0 +1,186 @@
+"""What the entry scripts do, kept out of them: build from config, train, test, evaluate, predict."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from sentiment.data import tokenize
+from sentiment.data.datamodule import IMDBDataModule
+from sentiment.errors import UserError
+from sentiment.models.hf import load_tokenizer
+from sentiment.module import SentimentClassifier, count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def supports_bf16() -> bool:
+    """bf16 autocast pays on GPUs that have it and on CPUs with AVX-512 BF16 / AMX (2.3x here); else fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+OmegaConf.register_new_resolver("best_precision", lambda: "bf16-mixed" if supports_bf16() else "32-true", replace=True)
+
+
+def cli(task):
+    """Wraps an entry point: a UserError prints one line and exits 2 (the traceback only with HYDRA_FULL_ERROR=1)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig):
+        try:
+            return task(cfg)
+        except Exception as err:
+            cause = user_error(err)
+            if cause is None:
+                raise
+            discard_run_dir(HydraConfig.get().runtime.output_dir)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {cause}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`: Hydra's instantiate wraps what a constructor raises."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__
+    return err
+
+
+def instantiate_list(group: DictConfig | None) -> list:
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    loggers = instantiate_list(cfg.get("logger"))
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    if not loggers:  # logger=none: LearningRateMonitor refuses to run without somewhere to log
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
+
+
+@rank_zero_only
+def write_metrics(metrics: dict, output_dir: str | Path) -> None:
+    path = Path(output_dir) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info("Metrics written to %s", path)
+
+
+def scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+
+
+@rank_zero_only
+def discard_run_dir(output_dir: str) -> None:
+    """A run that failed on its input leaves nothing behind in logs/ (only its config and log would be there)."""
+    path = Path(output_dir)
+    if path.is_dir() and not any(path.rglob("*.ckpt")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit on train, validate every epoch, test the best checkpoint; returns `cfg.optimized_metric` for sweeps."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: IMDBDataModule = hydra.utils.instantiate(cfg.data)
+    model: SentimentClassifier = hydra.utils.instantiate(cfg.model)
+    datamodule.tokenizer  # fail on a bad max_length before the trainer starts writing anything
+    trainer = build_trainer(cfg)
+    total, trainable = count_parameters(model)
+    log.info("Model %s: %.1fM parameters (%.1fM trainable). Output: %s", cfg.model.net.checkpoint, total / 1e6, trainable / 1e6, cfg.paths.output_dir)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data), "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total, "params/trainable": trainable})
+
+    metrics: dict[str, float] = {"params/total": total, "params/trainable": trainable}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(scalars(trainer.callback_metrics))
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No best checkpoint: testing the weights in memory.")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update(scalars(trainer.callback_metrics))
+        if best:
+            metrics["best_checkpoint"] = best
+    write_metrics(metrics, cfg.paths.output_dir)
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if value is not None else None
+
+
+def load_checkpoint(path: str | None) -> tuple[SentimentClassifier, dict]:
+    """The model and the datamodule settings saved in a checkpoint written by `train`."""
+    if not path:
+        raise UserError("ckpt_path is not set. Pass ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"ckpt_path={path}: no such file. Checkpoints are under logs/train/runs/<run>/checkpoints/.")
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}). Use a .ckpt written by src/train.py.") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or "datamodule_hyper_parameters" not in blob:
+        raise UserError(f"ckpt_path={path}: not a checkpoint written by src/train.py (no model state or data settings).")
+    model = SentimentClassifier(**blob["hyper_parameters"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), dict(blob["datamodule_hyper_parameters"])
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint on its held-out set (or on other data: data.path=...); prints and logs the metrics."""
+    model, data_hparams = load_checkpoint(cfg.ckpt_path)
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
+    datamodule = IMDBDataModule(**{**data_hparams, **overrides})
+    trainer = build_trainer(cfg)
+    results = trainer.test(model, datamodule=datamodule)
+    metrics = scalars(results[0]) if results else {}
+    write_metrics({**metrics, "checkpoint": str(cfg.ckpt_path)}, cfg.paths.output_dir)
+    for name, value in sorted(metrics.items()):
+        print(f"{name}: {value:.4f}")
+    return metrics
+
+
+@torch.no_grad()
+def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
+    """Label and probability for `text=...` or each line of `file=...`."""
+    texts = [cfg.text] if cfg.get("text") is not None else []
+    if cfg.get("file"):
+        from sentiment.data.sources import read_lines
+
+        texts += read_lines(Path(cfg.file).expanduser())
+    texts = [t for t in texts if str(t).strip()] if texts else texts
+    if not texts:
+        raise UserError('nothing to predict: pass text="a review" or file=path/to/reviews.txt (one review per line, not empty).')
+    model, data_hparams = load_checkpoint(cfg.ckpt_path)
+    tokenizer = load_tokenizer(data_hparams["tokenizer"])
+    ids = tokenize.encode(tokenizer, [str(t) for t in texts], data_hparams["max_length"], data_hparams["truncation"])
+    collate = IMDBDataModule.collator_for(tokenizer)
+    rows = []
+    for start in range(0, len(ids), cfg.batch_size):
+        chunk = ids[start : start + cfg.batch_size]
+        batch = collate([(torch.tensor(x), 0) for x in chunk])
+        probs = model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)[:, 1]
+        rows += [(("positive" if p >= 0.5 else "negative"), float(p), t) for p, t in zip(probs.tolist(), texts[start : start + cfg.batch_size])]
+    for label, p_pos, text in rows:
+        print(f"{label}\t{max(p_pos, 1 - p_pos):.4f}\t{text}")
+    return rows

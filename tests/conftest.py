@@ -1,0 +1,103 @@
+"""Fixtures: tiny randomly initialised BERT / GPT-2 folders and a separable toy review set, all made offline."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+POSITIVE = "great wonderful superb moving brilliant delightful charming masterpiece loved excellent".split()
+NEGATIVE = "awful boring dull terrible waste painful clumsy dreadful hated worst".split()
+NEUTRAL = "the film movie plot actor scene story director camera music ending cast".split()
+
+
+def toy_reviews(n: int = 200, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Reviews whose sentiment words give the label away: a model that learns anything gets ~100%."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = rng.choices(NEUTRAL, k=rng.randint(4, 12)) + rng.choices(POSITIVE if label else NEGATIVE, k=3)
+        rng.shuffle(words)
+        texts.append(" ".join(words) + (" <br /><br />" if i % 7 == 0 else ""))
+        labels.append(label)
+    return texts, labels
+
+
+def write_csv(path: Path, texts, labels, text_column="text", label_column="label") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([text_column, label_column])
+        writer.writerows(zip(texts, labels))
+    return path
+
+
+@pytest.fixture
+def toy_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "toy.csv", *toy_reviews())
+
+
+def minilm_dir() -> Path:
+    from sentiment.models.hub import resolve_checkpoint
+
+    return Path(resolve_checkpoint("all-minilm-l6-v2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BertForSequenceClassification on the bundled uncased WordPiece vocabulary."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """A 2-layer GPT-2 with its own byte-level BPE: like the real one, it has no pad token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    texts, _ = toy_reviews(400, seed=1)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    assert tokenizer.pad_token is None
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def run_script(script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs src/<script>.py in a fresh process, as a user would, and returns its outcome."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "src" / f"{script}.py"), *overrides], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def fresh_logs(tmp_path) -> Path:
+    """A logs/ of the test's own, so runs never land in the repo's logs/."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    yield logs
+    shutil.rmtree(logs, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""The entry scripts end to end, in subprocesses, on the bundled weights and data (a few batches each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_script
+
+QUICK = ["data.train_size=64", "data.val_size=32", "data.max_length=64", "data.batch_size=16", "trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module", params=["bert", "gpt"])
+def trained(request, tmp_path_factory) -> tuple[str, Path]:
+    """One short training run per bundled backbone; the other tests read what it left."""
+    logs = tmp_path_factory.mktemp(f"logs-{request.param}")
+    result = run_script("train", f"model={request.param}", "trainer.devices=1", f"paths.log_dir={logs}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (logs / "train" / "runs").iterdir()
+    return request.param, run
+
+
+@pytest.mark.slow
+def test_train_writes_metrics_checkpoints_and_tensorboard(trained):
+    model, run = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("val/acc", "val/f1", "val/acc_best", "test/acc", "test/f1", "train/samples_per_sec", "train/tokens_per_sec"):
+        assert 0 <= metrics[key] < float("inf"), key
+    assert metrics["params/total"] > (100e6 if model == "gpt" else 20e6)
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert Path(metrics["best_checkpoint"]).exists()
+    (events,) = (run / "tensorboard").iterdir()
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+    accumulator.Reload()
+    scalars = accumulator.Tags()["scalars"]
+    for tag in ("train/loss_step", "val/acc", "val/loss", "test/acc", "train/samples_per_sec"):
+        assert tag in scalars, (tag, scalars)
+    assert any(t.startswith("lr-AdamW") for t in scalars)
+    assert len(accumulator.Scalars("train/loss_step")) == 4  # 64 reviews / batch 16, logged every step
+    assert "val/confusion_matrix" in accumulator.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_test_metrics(trained, tmp_path):
+    _, run = trained
+    result = run_script("eval", f"ckpt_path={run}/checkpoints/last.ckpt", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = dict(line.split(": ") for line in result.stdout.splitlines() if line.startswith("test/"))
+    trained_metrics = json.loads((run / "metrics.json").read_text())
+    assert float(printed["test/acc"]) == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_prints_label_and_probability(trained, tmp_path):
+    _, run = trained
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("A wonderful film.\nTerrible.\n")
+    result = run_script("predict", f"ckpt_path={run}/checkpoints/last.ckpt", "text=Great fun", f"file={reviews}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [text for _, _, text in lines] == ["Great fun", "A wonderful film.", "Terrible."]
+    for label, probability, _ in lines:
+        assert label in ("positive", "negative") and 0.5 <= float(probability) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "script, overrides, message",
+    [
+        ("predict", ["ckpt_path=/nonexistent.ckpt", "text=hello"], "ckpt_path=/nonexistent.ckpt: no such file"),
+        ("predict", ["ckpt_path=pyproject.toml", "text=hello"], "not a readable checkpoint"),
+        ("eval", [], "ckpt_path is not set"),
+        ("train", ["data.path=/nonexistent/reviews"], "data.path=/nonexistent/reviews: no such file or folder"),
+        ("train", ["data.max_length=4"], "data.max_length=4 is below 8"),
+        ("train", ["model.net.checkpoint=/nonexistent/bert"], "no such folder. Offline, use the bundled models: model=bert"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(script, overrides, message, tmp_path):
+    result = run_script(script, *overrides, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing half-written in logs/
+
+
+def test_predict_refuses_empty_text(tmp_path):
+    result = run_script("predict", "ckpt_path=whatever.ckpt", "text=   ", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "nothing to predict" in result.stderr
+
+
+def test_unknown_model_option_is_hydras_clear_error(tmp_path):
+    result = run_script("train", "model=bort", f"paths.log_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Could not find 'model/bort'" in result.stderr and "bert" in result.stderr

@@ -1,0 +1,239 @@
+"""Sources, cleaning, the 9:1 split, masks and dynamic padding, truncation, and the tokenized cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import train_test_split
+
+from conftest import toy_reviews, write_csv
+from sentiment.data import tokenize
+from sentiment.data.datamodule import IMDBDataModule, PadCollator
+from sentiment.data.sources import bundled_csv, load_corpus, read_table
+from sentiment.errors import UserError
+
+
+def write_pair(folder, reviews: str, labels: str):
+    folder.mkdir(exist_ok=True)
+    (folder / "reviews.txt").write_text(reviews, encoding="utf-8")
+    (folder / "labels.txt").write_text(labels, encoding="utf-8")
+    return folder
+
+
+# --- sources -------------------------------------------------------------------------------------------
+
+
+def test_pair_source_trailing_newline_is_not_a_review(tmp_path):
+    folder = write_pair(tmp_path / "pair", "a fine film\nawful stuff\n", "positive\nnegative\n")
+    corpus = load_corpus(path=str(folder))
+    assert corpus.train.texts == ["a fine film", "awful stuff"]
+    assert corpus.train.labels == [1, 0]
+    assert corpus.test is None
+
+
+@pytest.mark.parametrize(
+    "reviews, labels, message",
+    [
+        ("one\ntwo\nthree\n", "positive\nnegative\n", "has 3 lines but"),
+        ("one\n\ntwo\n", "positive\nnegative\npositive\n", "line 2: blank line"),
+        ("one\ntwo\n", "positive\nmeh\n", "line 2: unknown label 'meh'"),
+        ("", "", "the file is empty"),
+    ],
+)
+def test_pair_source_bad_input_names_the_problem(tmp_path, reviews, labels, message):
+    folder = write_pair(tmp_path / "pair", reviews, labels)
+    with pytest.raises(UserError, match=message):
+        load_corpus(path=str(folder))
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    folder = write_pair(tmp_path / "pair", "", "positive\nnegative\n")
+    (folder / "reviews.txt").write_bytes(b"fine\ncaf\xe9 au lait\n")
+    with pytest.raises(UserError, match=r"line 2: bytes that are not UTF-8"):
+        load_corpus(path=str(folder))
+
+
+def test_aclimdb_layout_keeps_its_own_test_split(tmp_path):
+    root = tmp_path / "aclImdb"
+    for split, n in (("train", 3), ("test", 2)):
+        for sub in ("pos", "neg"):
+            (root / split / sub).mkdir(parents=True)
+            for i in range(n):
+                (root / split / sub / f"{i}_7.txt").write_text(f"{sub} review {i}<br />more", encoding="utf-8")
+    corpus = load_corpus(path=str(tmp_path))  # the parent folder is recognised too
+    assert len(corpus.train) == 6 and len(corpus.test) == 4
+    assert sorted(corpus.train.labels) == [0, 0, 0, 1, 1, 1]
+    assert all(t.startswith("pos") == bool(y) for t, y in zip(corpus.test.texts, corpus.test.labels))
+
+
+def test_csv_and_jsonl_with_named_columns(tmp_path):
+    texts, labels = toy_reviews(10)
+    csv_path = write_csv(tmp_path / "r.csv", texts, ["positive" if y else "negative" for y in labels], "review", "sentiment")
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"review": t, "sentiment": y}) for t, y in zip(texts, labels)) + "\n")
+    for path in (csv_path, jsonl):
+        corpus = load_corpus(path=str(path), text_column="review", label_column="sentiment")
+        assert corpus.train.texts == texts and corpus.train.labels == labels
+
+
+def test_table_without_the_text_column(tmp_path):
+    path = write_csv(tmp_path / "r.csv", ["x"], [1], "body", "label")
+    with pytest.raises(UserError, match=r"no column 'text' \(found: body, label\)"):
+        load_corpus(path=str(path))
+
+
+def test_bundled_source_is_the_25k_imdb_reviews():
+    corpus = read_table(bundled_csv(), where={"source": "imdb"})
+    assert len(corpus.train) == 25_000
+    assert sum(corpus.train.labels) == 12_500
+    assert any("<br />" in t for t in corpus.train.texts[:200])  # raw markup: cleaning is ours to do
+
+
+def test_clean_drops_markup_and_folds_space():
+    assert tokenize.clean("Great.<br /><br />Really  great<BR/>film ") == "Great. Really great film"
+
+
+# --- split ---------------------------------------------------------------------------------------------
+
+
+def test_split_is_the_classic_9_to_1_at_random_state_2024(toy_csv, tiny_bert, tmp_path):
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(tmp_path / "cache"))
+    raw = dm.raw_splits()
+    assert (len(raw["train"]), len(raw["val"]), len(raw["test"])) == (180, 20, 20)
+    texts, labels = toy_reviews()
+    x_train, x_val, _, _ = train_test_split(texts, labels, random_state=2024, test_size=0.1)  # the classic call
+    assert raw["train"].texts == x_train and raw["val"].texts == x_val
+    assert raw["test"].texts == raw["val"].texts  # no test split of its own: the 10% is also the test set
+    again = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(tmp_path / "cache")).raw_splits()
+    assert again["train"].texts == raw["train"].texts
+
+
+def test_bundled_split_sizes(tiny_bert):
+    raw = IMDBDataModule(tokenizer=tiny_bert).raw_splits()
+    assert (len(raw["train"]), len(raw["val"]), len(raw["test"])) == (22_500, 2_500, 2_500)
+
+
+def test_size_limits_take_a_subset(toy_csv, tiny_bert):
+    raw = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), train_size=50, val_size=8).raw_splits()
+    assert (len(raw["train"]), len(raw["val"]), len(raw["test"])) == (50, 8, 8)
+
+
+def test_single_class_data_is_refused(tmp_path, tiny_bert):
+    path = write_csv(tmp_path / "r.csv", ["good", "great", "fine"], [1, 1, 1])
+    with pytest.raises(UserError, match="only label 1"):
+        IMDBDataModule(tokenizer=tiny_bert, path=str(path)).raw_splits()
+
+
+# --- tokenization, masks, padding ----------------------------------------------------------------------
+
+
+def test_masks_and_dynamic_padding(toy_csv, tiny_bert, tmp_path):
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), eval_batch_size=16, cache_dir=str(tmp_path))
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    lengths = dm.splits["val"].lengths[:16]
+    assert ids.shape == (16, int(lengths.max())) and ids.shape[1] < dm.hparams.max_length  # padded to the batch, not 128
+    assert torch.equal(mask.sum(1), lengths)
+    assert (ids[mask == 0] == dm.tokenizer.pad_token_id).all()
+    assert (ids[:, 0] == dm.tokenizer.cls_token_id).all()
+    assert ids[torch.arange(16), lengths - 1].eq(dm.tokenizer.sep_token_id).all()
+
+
+def test_left_padding_puts_pads_first():
+    collate = PadCollator(pad_token_id=0, padding_side="left")
+    batch = collate([(torch.tensor([5, 6, 7]), 1), (torch.tensor([8]), 0)])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["labels"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("truncation", ["head", "head_tail"])
+def test_truncation_keeps_max_length_and_special_tokens(tiny_bert, truncation):
+    from sentiment.models.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert)
+    text = "start " + " ".join(f"w{i}" for i in range(300)) + " finale"
+    (ids,) = tokenize.encode(tokenizer, [text], max_length=32, truncation=truncation)
+    assert len(ids) == 32 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded.startswith("start")
+    assert decoded.endswith("finale") == (truncation == "head_tail")
+
+
+def test_head_tail_split_follows_sun_et_al(tiny_bert):
+    from sentiment.models.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert)
+    words = [f"x{i}" for i in range(2000)]
+    (ids,) = tokenize.encode(tokenizer, [" ".join(words)], max_length=512, truncation="head_tail")
+    body = ids[1:-1]
+    full = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    assert body[:128] == full[:128] and body[128:] == full[-382:]  # 128 + 382 at 512
+
+
+def test_gpt2_without_pad_token_pads_with_eos(tiny_gpt2, toy_csv, tmp_path):
+    dm = IMDBDataModule(tokenizer=tiny_gpt2, path=str(toy_csv), batch_size=8, cache_dir=str(tmp_path))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert dm.tokenizer.pad_token_id == dm.tokenizer.eos_token_id
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == dm.tokenizer.eos_token_id).all()
+
+
+# --- cache ---------------------------------------------------------------------------------------------
+
+
+def test_second_setup_hits_the_cache(toy_csv, tiny_bert, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(cache))
+    first.setup()
+    files = list((cache / "tokenized").glob("*.pt"))
+    assert len(files) == 1
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again despite a valid cache")
+
+    monkeypatch.setattr(tokenize, "encode", no_tokenizing)
+    second = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(cache))
+    second.setup()
+    assert torch.equal(second.splits["train"].ids, first.splits["train"].ids)
+
+
+def test_cache_key_changes_with_settings_and_data(toy_csv, tiny_bert, tmp_path):
+    cache = tmp_path / "cache"
+    for kwargs in ({}, {"max_length": 64}, {"truncation": "head_tail"}, {"train_size": 20}):
+        IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(cache), **kwargs).setup()
+    assert len(list((cache / "tokenized").glob("*.pt"))) == 4
+
+
+def test_corrupt_cache_is_rebuilt(toy_csv, tiny_bert, tmp_path):
+    cache = tmp_path / "cache"
+    IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(cache)).setup()
+    (file,) = (cache / "tokenized").glob("*.pt")
+    good = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(cache))
+    good.setup()
+    file.write_bytes(file.read_bytes()[:100])  # a crash mid-write would look like this without the atomic rename
+    rebuilt = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(cache))
+    rebuilt.setup()
+    assert torch.equal(rebuilt.splits["val"].ids, good.splits["val"].ids)
+    assert tokenize.load_cache(file, "another key") is None  # a stale key is never used either
+
+
+def test_max_length_bounds(toy_csv, tiny_bert):
+    with pytest.raises(UserError, match="below 8"):
+        IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), max_length=4)
+    with pytest.raises(UserError, match="above this model's limit of 512"):
+        IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), max_length=1024).tokenizer
+
+
+def test_shuffled_train_sequential_eval(toy_csv, tiny_bert, tmp_path):
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), batch_size=180, eval_batch_size=20, cache_dir=str(tmp_path))
+    dm.setup()
+    torch.manual_seed(0)
+    order = next(iter(dm.train_dataloader()))["labels"]
+    assert not torch.equal(order, dm.splits["train"].labels)  # shuffled
+    assert torch.equal(next(iter(dm.val_dataloader()))["labels"], dm.splits["val"].labels)
+    assert np.isclose(order.float().mean(), dm.splits["train"].labels.float().mean())

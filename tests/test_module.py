@@ -1,0 +1,83 @@
+"""The LightningModule on tiny random BERT and GPT-2: it learns, it decays the right weights, pools the right token."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from sentiment.data.datamodule import IMDBDataModule
+from sentiment.module import SentimentClassifier
+
+
+def classifier(checkpoint: str, **kwargs) -> SentimentClassifier:
+    net = {"_target_": "sentiment.models.hf.build_classifier", "checkpoint": checkpoint, "num_labels": 2}
+    return SentimentClassifier(net=net, **kwargs)
+
+
+def optimizers_for(model: SentimentClassifier, total_steps: int) -> dict:
+    model._trainer = SimpleNamespace(estimated_stepping_batches=total_steps)  # all the schedule asks of a Trainer
+    return model.configure_optimizers()
+
+
+def fit(model, datamodule, epochs: int) -> L.Trainer:
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2"])
+def test_training_drives_the_loss_down_on_a_separable_set(fixture, request, toy_csv, tmp_path):
+    checkpoint = request.getfixturevalue(fixture)
+    L.seed_everything(0)
+    dm = IMDBDataModule(tokenizer=checkpoint, path=str(toy_csv), batch_size=16, max_length=32, cache_dir=str(tmp_path))
+    model = classifier(checkpoint, lr=3e-3, warmup_ratio=0.1)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        before = model.eval().step(batch)[0].item()
+    trainer = fit(model.train(), dm, epochs=6)
+    metrics = trainer.callback_metrics
+    assert metrics["val/loss"].item() < 0.5 * before, (before, metrics)
+    assert metrics["val/acc"].item() >= 0.9
+    assert metrics["val/acc_best"].item() >= metrics["val/acc"].item()
+
+
+def test_weight_decay_skips_biases_and_norms(tiny_bert):
+    model = classifier(tiny_bert, weight_decay=0.01)
+    config = optimizers_for(model, total_steps=10)
+    optimizer = config["optimizer"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "net.bert.encoder.layer.0.attention.self.query.weight" in decayed
+    assert "net.bert.encoder.layer.0.attention.self.query.bias" in plain
+    assert "net.bert.embeddings.LayerNorm.weight" in plain
+    assert optimizer.defaults["lr"] == 2e-5 and optimizer.defaults["eps"] == 1e-8
+    assert len(decayed) + len(plain) == len(list(model.parameters()))
+
+
+def test_linear_schedule_with_warmup(tiny_bert):
+    model = classifier(tiny_bert, warmup_ratio=0.2)
+    config = optimizers_for(model, total_steps=10)
+    scheduler = config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(10):
+        lrs.append(config["optimizer"].param_groups[0]["lr"])
+        config["optimizer"].step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-5) and lrs[1] == pytest.approx(2e-5)  # warmup over 2 steps
+    assert lrs[2:] == pytest.approx([2e-5 * (10 - s) / 8 for s in range(2, 10)])  # then linear decay to 0
+
+
+def test_decoder_reads_the_last_real_token_whatever_the_padding(tiny_gpt2):
+    model = classifier(tiny_gpt2).eval()
+    pad = model.net.config.pad_token_id
+    ids = torch.tensor([[5, 9, 17, 4]])
+    with torch.no_grad():
+        alone = model(ids, torch.ones_like(ids))
+        right = model(torch.tensor([[5, 9, 17, 4, pad, pad]]), torch.tensor([[1, 1, 1, 1, 0, 0]]))
+    assert torch.allclose(alone, right, atol=1e-5)
