@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentiment.errors import UserError
-from sentiment.models.layers import init_weights, load_mapped, make_config, read_hf_config, read_hf_state_dict
+from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config
 
 
 @dataclass
@@ -178,15 +178,5 @@ def hf_names(config: BertConfig) -> dict[str, tuple[str, ...]]:
 
 
 def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True, **config_overrides) -> Bert:
-    """Our BERT on `checkpoint` (a bundled name, a folder or a hub id), with a fresh `num_labels` classifier.
-
-    `pretrained=False` keeps the checkpoint's config and vocabulary (overrides such as n_layer=2 or
-    n_embd=128 resize it) but starts from random weights. With weights, n_layer may be lowered: the
-    first layers are kept.
-    """
-    hf_config, pad_token_id = read_hf_config(checkpoint)
-    overrides = dict(num_labels=num_labels, pad_token_id=pad_token_id, **config_overrides)
-    if not pretrained:
-        return Bert(BertConfig.from_hf(hf_config, **overrides))
-    state_dict = read_hf_state_dict(checkpoint)
-    return Bert.from_hf_state_dict(hf_config, state_dict, **overrides)
+    """Our Bert on `checkpoint` with a fresh `num_labels` classifier; see `layers.build_pretrained`."""
+    return build_pretrained(Bert, BertConfig, checkpoint, num_labels, pretrained, **config_overrides)

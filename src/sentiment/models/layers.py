@@ -110,3 +110,17 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.ones_(module.weight)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
+
+
+def build_pretrained(model_cls, config_cls, checkpoint: str, num_labels: int = 2, pretrained: bool = True, **config_overrides):
+    """`model_cls` on `checkpoint` (a bundled name, a folder or a hub id), with a fresh `num_labels` head.
+
+    `pretrained=False` keeps the checkpoint's config and vocabulary (overrides such as n_layer=2 or
+    n_embd=128 resize it) but starts from random weights. With weights, n_layer may be lowered: the
+    first layers are kept.
+    """
+    hf_config, pad_token_id = read_hf_config(checkpoint)
+    overrides = dict(num_labels=num_labels, pad_token_id=pad_token_id, **config_overrides)
+    if not pretrained:
+        return model_cls(config_cls.from_hf(hf_config, **overrides))
+    return model_cls.from_hf_state_dict(hf_config, read_hf_state_dict(checkpoint), **overrides)
