@@ -20,8 +20,8 @@ def trial_rows(sweep_dir: Path, metric: str) -> list[dict]:
     return sorted(rows, key=lambda r: -1 if r[metric] is None else r[metric], reverse=True)
 
 
-def format_table(rows: list[dict], metric: str) -> str:
-    keys = sorted({k for r in rows for k in r["params"]} - {"data.train_size", "data.val_size"})
+def format_table(rows: list[dict], metric: str, keys: list[str]) -> str:
+    """`keys`: the searched parameters (fixed overrides like paths would only crowd the table)."""
     extra = ["val/f1", "train/samples_per_sec"]
     header = ["rank", "trial", metric, *extra, *keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -49,6 +49,7 @@ class SweepTable(Callback):
         if not rows:
             print(f"No finished trials under {sweep_dir}.")
             return
-        table = format_table(rows, self.metric)
+        searched = list(config.hydra.sweeper.get("params") or {})
+        table = format_table(rows, self.metric, searched or sorted({k for r in rows for k in r["params"]}))
         (sweep_dir / "trials.md").write_text(table + "\n")
         print(f"\nTrials sorted by {self.metric} ({sweep_dir}/trials.md):\n{table}")
