@@ -1,11 +1,14 @@
-"""Callbacks Lightning doesn't ship: epoch throughput in samples and real tokens, and a confusion-matrix image."""
+"""Callbacks Lightning doesn't ship: epoch throughput, a confusion-matrix image, and the RNG state in checkpoints."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
@@ -19,6 +22,9 @@ class ThroughputLogger(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.samples, self.tokens, self.paused = 0, 0, 0.0
         self.start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch gets no on_train_epoch_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples += len(batch["labels"])
@@ -66,3 +72,52 @@ def confusion_figure(matrix: torch.Tensor, names: tuple[str, str] = ("negative",
     ax.set_ylabel("true")
     fig.tight_layout()
     return fig
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint every `every_n_train_steps`, except on an epoch's last batch.
+
+    Validation and the epoch-end checkpoint follow that batch. Lightning resumes a checkpoint taken there at the
+    next epoch, so a run killed during that validation would lose it for good (and the epoch's best checkpoint);
+    from the step checkpoint before it, the resumed run replays a few batches and then validates.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class RNGState(L.Callback):
+    """Saves the torch / numpy / Python RNG states in every checkpoint and restores them on resume.
+
+    Lightning does not checkpoint them, so a resumed run would draw other dropout masks than the run it continues.
+    They are put back just before the first training batch after the restore, the point they were taken at,
+    so nothing that runs before it (the sanity check, the model and data setup) can shift them.
+    """
+
+    def __init__(self):
+        self.pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        # Tensors, ints and tuples only: Lightning loads checkpoints with torch.load(weights_only=True).
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.pending is None:
+            return
+        state, self.pending = self.pending, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input or configuration. The message names the problem and the fix."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """A non-finite loss: the run stops at once (exit 2) and keeps its checkpoints, which were all written before it."""

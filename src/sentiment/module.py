@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import hydra
 import lightning as L
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryConfusionMatrix, BinaryF1Score
 
-from sentiment.errors import UserError
+from sentiment.errors import TrainingDiverged, UserError
 
 
 class SentimentClassifier(L.LightningModule):
@@ -53,7 +55,7 @@ class SentimentClassifier(L.LightningModule):
         logits = self(batch["input_ids"], batch["attention_mask"]).float()
         loss = F.cross_entropy(logits, batch["labels"])
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"the loss is {loss.item()} at step {self.global_step}: training diverged. "
                 "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
             )
@@ -61,6 +63,19 @@ class SentimentClassifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity-check pass must not count as a best
+        if self._resumed_val_acc_best is not None:
+            self.val_acc_best.update(torch.tensor(self._resumed_val_acc_best))
+
+    # The running best is a metric state, not a parameter: it is not in the state_dict, so it travels beside it
+    # and a resumed run reports the best over all its epochs, not only those since the restart.
+    _resumed_val_acc_best: float | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["val_acc_best"] = self.val_acc_best.max_value.item()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        best = checkpoint.get("val_acc_best")
+        self._resumed_val_acc_best = best if best is not None and math.isfinite(best) else None
 
     def training_step(self, batch, batch_idx):
         loss, _ = self.step(batch)

@@ -6,21 +6,25 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from sentiment.checkpoints import newest_checkpoint, resume_checkpoint
 from sentiment.data import tokenize
 from sentiment.data.datamodule import IMDBDataModule
-from sentiment.errors import UserError
+from sentiment.errors import TrainingDiverged, UserError
 from sentiment.models.hf import load_tokenizer
 from sentiment.module import SentimentClassifier, count_parameters
 
@@ -38,6 +42,8 @@ def supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# Lightning warns that a mid-epoch resume replays the epoch from its first batch; ours does not (ResumableSampler).
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 OmegaConf.register_new_resolver("best_precision", lambda: "bf16-mixed" if supports_bf16() else "32-true", replace=True)
 
 
@@ -62,9 +68,17 @@ def cli(task):
 
 
 def user_error(err: BaseException | None) -> UserError | None:
-    """The UserError behind `err`: Hydra's instantiate wraps what a constructor raises."""
+    """The UserError behind `err`: Hydra's instantiate wraps what a constructor raises.
+
+    An option the constructor does not take (`+trainer.fooo=1`) is a user error too: Hydra reports it as a
+    TypeError inside an InstantiationException, which would otherwise exit 1 and leave the run folder behind.
+    """
     while err is not None and not isinstance(err, UserError):
-        err = err.__cause__
+        cause = err.__cause__
+        if isinstance(err, InstantiationException) and isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            key = re.search(r"full_key: (\S+)", str(err))
+            return UserError(f"{key.group(1) if key else 'config'}: {cause}. Fix its spelling or drop it (python src/train.py --cfg job prints every option).")
+        err = cause
     return err
 
 
@@ -102,18 +116,32 @@ def discard_run_dir(output_dir: str) -> None:
 def train(cfg: DictConfig) -> float | None:
     """Fit on train, validate every epoch, test the best checkpoint; returns `cfg.optimized_metric` for sweeps."""
     L.seed_everything(cfg.seed, workers=True)
+    resume = resume_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     datamodule: IMDBDataModule = hydra.utils.instantiate(cfg.data)
     model: SentimentClassifier = hydra.utils.instantiate(cfg.model)
     datamodule.tokenizer  # fail on a bad max_length before the trainer starts writing anything
     trainer = build_trainer(cfg)
+    checkpointers = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    if resume is not None:
+        # Keep writing next to the checkpoint resumed from: Lightning then restores the best score and the files
+        # it tracks (in a new folder it forgets them), and the next ckpt_path=last finds the newest of this lineage.
+        for checkpointer in checkpointers:
+            checkpointer.dirpath = os.path.realpath(resume.parent)
+        rank_zero_info(f"Resuming from {resume}")
     total, trainable = count_parameters(model)
     log.info("Model %s: %.1fM parameters (%.1fM trainable). Output: %s", cfg.model.net.checkpoint, total / 1e6, trainable / 1e6, cfg.paths.output_dir)
+    if checkpointers:
+        rank_zero_info(f"Checkpoints go to {checkpointers[0].dirpath}")
     for logger in trainer.loggers:
         logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data), "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total, "params/trainable": trainable})
 
     metrics: dict[str, float] = {"params/total": total, "params/trainable": trainable}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)  # our own files: hparams are DictConfigs
+        except TrainingDiverged as err:
+            last = newest_checkpoint(Path(checkpointers[0].dirpath), "*.ckpt") if checkpointers else None
+            raise TrainingDiverged(f"{err} Last good checkpoint: {last or 'none written yet'}.") from None
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

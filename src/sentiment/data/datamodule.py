@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sentiment.data import tokenize
 from sentiment.data.sources import Split, load_corpus
@@ -35,6 +38,25 @@ class TokenizedSplit(Dataset):
     @property
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler's shuffle, a function of (seed, epoch) alone, that can start part-way into an epoch.
+
+    Lightning restarts a resumed epoch's iterator from its first batch, and a plain shuffle draws a new order
+    from the global RNG. Here the order is fixed by the seed and the epoch (Lightning calls `set_epoch`), and
+    `skip` drops the samples this rank already trained on before the checkpoint: the resumed run sees exactly
+    the batches the uninterrupted one would have. With one process it is a plain seeded shuffle.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, skip: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = skip
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0  # only the epoch in progress at the checkpoint is partial
+        return iter(indices[skip:])
 
 
 class PadCollator:
@@ -156,12 +178,38 @@ class IMDBDataModule(L.LightningDataModule):
     def collator_for(tokenizer) -> PadCollator:
         return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _sampler(self, split: str):
+        """Train: the resumable seeded shuffle. Eval under DDP: each review on exactly one rank, none repeated
+        (Lightning's DistributedSampler would repeat reviews to even out the ranks, skewing val/acc)."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        dataset = self.splits[split]
+        if split != "train":
+            return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False) if replicas > 1 else None
+        sampler = ResumableSampler(dataset, replicas, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))  # set by seed_everything
+        batches_per_epoch = math.ceil(sampler.num_samples / self.hparams.batch_size)
+        sampler.skip = self.batches_done % batches_per_epoch * self.hparams.batch_size
+        self.batches_done = 0  # only the first loader after a restore starts mid-epoch
+        return sampler
+
+    # Resuming: the training batches a checkpoint has seen, to start the loader where it stopped. Lightning restores
+    # this before it first builds the loader (which configure_optimizers does, to count the steps).
+    batches_done = 0
+
+    def state_dict(self) -> dict:
+        return {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.total.processed if self.trainer else 0}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.batches_done = state_dict.get("batches_done", 0)
+
+    def _loader(self, split: str) -> DataLoader:
         hp = self.hparams
         return DataLoader(
             self.splits[split],
             batch_size=hp.batch_size if split == "train" else hp.eval_batch_size,
-            shuffle=shuffle,
+            sampler=self._sampler(split),
+            # its own generator: starting an iterator would otherwise draw from the global RNG, dropout's
+            generator=torch.Generator().manual_seed(0),
             collate_fn=self.collator_for(self.tokenizer),
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,
@@ -169,10 +217,10 @@ class IMDBDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -46,8 +47,18 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """What makes two tokenizers give the same ids: the full serialized fast tokenizer and its special tokens."""
-    backend = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else repr(tokenizer.get_vocab())
+    """What makes two tokenizers give the same ids: the full serialized fast tokenizer and its special tokens.
+
+    Without its truncation / padding settings: every call sets those, so after the first `encode` the key would
+    change, and each first run would tokenize twice (prepare_data, then setup) and cache two copies.
+    """
+    if tokenizer.is_fast:
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        backend = json.dumps(state, sort_keys=True)
+    else:
+        backend = repr(tokenizer.get_vocab())
     return hashlib.sha256(f"{type(tokenizer).__name__}|{backend}|{tokenizer.pad_token_id}".encode()).hexdigest()
 
 
