@@ -54,6 +54,9 @@ sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS
 	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
 		data.train_size=$(TRAIN_SIZE) data.val_size=$(VAL_SIZE) $(ARGS)
 
+bench: $(STAMP)  ## forward+backward time of our BERT vs Hugging Face's on the same weights (ARGS="--gpt" adds SmolLM2)
+	$(PY) bench/bench_models.py $(ARGS)
+
 tensorboard: $(STAMP)  ## serve the TensorBoard dashboards of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all
 
