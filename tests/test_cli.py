@@ -36,10 +36,10 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(trained):
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
     accumulator.Reload()
     scalars = accumulator.Tags()["scalars"]
-    for tag in ("train/loss_step", "val/acc", "val/loss", "test/acc", "train/samples_per_sec"):
+    for tag in ("train/loss", "val/acc", "val/loss", "test/acc", "train/samples_per_sec"):
         assert tag in scalars, (tag, scalars)
     assert any(t.startswith("lr-AdamW") for t in scalars)
-    assert len(accumulator.Scalars("train/loss_step")) == 4  # 64 reviews / batch 16, logged every step
+    assert len(accumulator.Scalars("train/loss")) == 4  # 64 reviews / batch 16, logged every step
     assert "val/confusion_matrix" in accumulator.Tags()["images"]
 
 

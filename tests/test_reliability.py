@@ -106,7 +106,7 @@ def curves(run: Path) -> dict[str, dict[int, float]]:
     for events in sorted((run / "tensorboard").glob("*")):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
-        for tag in ("train/loss_step", "val/loss", "val/acc"):
+        for tag in ("train/loss", "val/loss", "val/acc"):
             if tag in accumulator.Tags()["scalars"]:
                 out.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
     return out
@@ -341,7 +341,7 @@ def test_sigkill_then_resume_last_matches_an_uninterrupted_run(stall, at, resume
     # every step's loss after the resume is the uninterrupted run's (and so is whatever the killed run had flushed)
     expected_curves = curves(reference)
     after = curves(resumed)
-    assert sorted(after["train/loss_step"]) == list(range(resumes_from, 24))
+    assert sorted(after["train/loss"]) == list(range(resumes_from, 24))
     for run_curves in (curves(killed), after):
         for tag, values in run_curves.items():
             assert values == pytest.approx({step: expected_curves[tag][step] for step in values}, abs=1e-6), tag
@@ -359,7 +359,7 @@ def test_same_seed_gives_identical_metrics_and_curves(reference, tiny_bert, work
     timing = {"train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "best_checkpoint"}
     assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
     assert curves(only_run(logs)) == curves(reference)
-    assert len(curves(reference)["train/loss_step"]) == 24
+    assert len(curves(reference)["train/loss"]) == 24
 
 
 # --- distributed --------------------------------------------------------------------------------------------

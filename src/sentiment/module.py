@@ -80,7 +80,10 @@ class SentimentClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, _ = self.step(batch)
         self.train_loss(loss)
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+        n = len(batch["labels"])
+        # Two names, not one with on_step+on_epoch: that would log only train/loss_step and train/loss_epoch.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx):
