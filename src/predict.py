@@ -5,13 +5,14 @@
 """
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
-from sentiment.pipeline import cli, predict  # noqa: E402
+from sentiment.pipeline import cli, predict, verbatim_text_argument  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
@@ -21,4 +22,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    sys.argv = verbatim_text_argument(sys.argv)
     main()

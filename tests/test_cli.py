@@ -61,10 +61,10 @@ def test_predict_prints_label_and_probability(trained, tmp_path):
     _, run = trained
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("A wonderful film.\nTerrible.\n")
-    result = run_script("predict", f"ckpt_path={run}/checkpoints/last.ckpt", "text=Great fun", f"file={reviews}", f"paths.log_dir={tmp_path}")
+    result = run_script("predict", f"ckpt_path={run}/checkpoints/last.ckpt", "text=Great fun, really: I didn't expect it \\o/", f"file={reviews}", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    assert [text for _, _, text in lines] == ["Great fun", "A wonderful film.", "Terrible."]
+    assert [text for _, _, text in lines] == ["Great fun, really: I didn't expect it \\o/", "A wonderful film.", "Terrible."]
     for label, probability, _ in lines:
         assert label in ("positive", "negative") and 0.5 <= float(probability) <= 1.0
 

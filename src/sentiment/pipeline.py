@@ -188,6 +188,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def verbatim_text_argument(argv: list[str]) -> list[str]:
+    """Quotes `text=...` for Hydra: reviews hold commas, colons and quotes that its override grammar would parse."""
+    quoted = []
+    for arg in argv:
+        if arg.startswith("text=") and not arg[5:].startswith(("'", '"')):
+            # Hydra unescapes backslashes only before a quote or the closing quote: double just those, escape quotes.
+            value = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), arg[5:])
+            arg = f"text='{value}'"
+        quoted.append(arg)
+    return quoted
+
+
 @torch.no_grad()
 def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
     """Label and probability for `text=...` or each line of `file=...`."""
