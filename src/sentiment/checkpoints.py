@@ -41,8 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def newest_checkpoint(root: Path, pattern: str = "*/checkpoints/*.ckpt") -> Path | None:
     """The most recently written checkpoint matching `root/pattern` (by default in any run folder), or None.
 
-    Symlinks are skipped: `last.ckpt` made with `save_last: link` points at the last file its callback wrote,
-    which is the best epoch, not necessarily the latest state; the step and epoch files themselves are all here.
+    Symlinks are skipped: if a user sets `save_last: link`, `last.ckpt` points at the best epoch, not the latest
+    state; the step and epoch files themselves are all here.
     """
     files = [p for p in root.glob(pattern) if p.is_file() and not p.is_symlink()]
     return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
