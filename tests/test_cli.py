@@ -29,6 +29,7 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(trained):
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("val/acc", "val/f1", "val/acc_best", "test/acc", "test/f1", "train/samples_per_sec", "train/tokens_per_sec"):
         assert 0 <= metrics[key] < float("inf"), key
+    assert 100 < metrics["train/peak_memory_mb"] < 64 * 1024  # MiB: a real process, not a unit slip
     assert metrics["params/total"] > (100e6 if model.startswith("gpt") else 20e6)
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert Path(metrics["best_checkpoint"]).exists()

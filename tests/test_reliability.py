@@ -356,7 +356,7 @@ def test_same_seed_gives_identical_metrics_and_curves(reference, tiny_bert, work
     result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs))
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = metrics_of(reference), metrics_of(only_run(logs))
-    timing = {"train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "best_checkpoint"}
+    timing = {"train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "train/peak_memory_mb", "best_checkpoint"}
     assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
     assert curves(only_run(logs)) == curves(reference)
     assert len(curves(reference)["train/loss"]) == 24

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import resource
+import sys
 import time
 
 import lightning as L
@@ -12,8 +14,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """The most memory this process has held: allocated CUDA memory on a GPU, else the peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 class ThroughputLogger(L.Callback):
-    """Logs `train/samples_per_sec`, `train/tokens_per_sec` (non-pad tokens) and `train/epoch_time_s`.
+    """Logs `train/samples_per_sec`, `train/tokens_per_sec` (non-pad tokens), `train/epoch_time_s` and
+    `train/peak_memory_mb` (see `peak_memory_mb`).
 
     Validation time inside the epoch is excluded, data loading is not: it is part of what training costs.
     Under DDP the counts are summed over ranks, so the figures are for the whole job.
@@ -42,6 +53,7 @@ class ThroughputLogger(L.Callback):
         pl_module.log("train/epoch_time_s", seconds, sync_dist=True, reduce_fx="max")
         pl_module.log("train/samples_per_sec", self.samples / seconds, sync_dist=True, reduce_fx="sum")
         pl_module.log("train/tokens_per_sec", self.tokens / seconds, sync_dist=True, reduce_fx="sum")
+        pl_module.log("train/peak_memory_mb", peak_memory_mb(pl_module.device), sync_dist=True, reduce_fx="max")
 
 
 class ConfusionMatrixLogger(L.Callback):
