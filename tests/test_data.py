@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from conftest import toy_reviews, write_csv
 from sentiment.data import tokenize
-from sentiment.data.datamodule import IMDBDataModule, PadCollator
+from sentiment.data.datamodule import IMDBDataModule, PadCollator, group_by_length
 from sentiment.data.sources import bundled_csv, load_corpus, read_table
 from sentiment.errors import UserError
 
@@ -131,7 +131,7 @@ def test_single_class_data_is_refused(tmp_path, tiny_bert):
 
 
 def test_masks_and_dynamic_padding(toy_csv, tiny_bert, tmp_path):
-    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), eval_batch_size=16, cache_dir=str(tmp_path))
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), eval_batch_size=16, cache_dir=str(tmp_path), group_by_length=False)
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -143,12 +143,69 @@ def test_masks_and_dynamic_padding(toy_csv, tiny_bert, tmp_path):
     assert ids[torch.arange(16), lengths - 1].eq(dm.tokenizer.sep_token_id).all()
 
 
+def padding_fraction(loader) -> float:
+    pads = total = 0
+    for batch in loader:
+        pads += int((batch["attention_mask"] == 0).sum())
+        total += batch["attention_mask"].numel()
+    return pads / total
+
+
+def test_length_grouped_batches_pad_less_and_cover_every_review_once(tmp_path, tiny_bert):
+    texts, labels = toy_reviews(600, seed=3)
+    texts = [t + " the" * (i * 7 % 60) for i, t in enumerate(texts)]  # lengths 10 to 80 tokens, well mixed
+    path = write_csv(tmp_path / "long.csv", texts, labels)
+    loaders = {}
+    for grouped in (False, True):
+        dm = IMDBDataModule(tokenizer=tiny_bert, path=str(path), batch_size=8, eval_batch_size=8, cache_dir=str(tmp_path), group_by_length=grouped)
+        dm.setup()
+        loaders[grouped] = dm.train_dataloader(), dm.val_dataloader()
+    (plain_train, plain_val), (grouped_train, grouped_val) = loaders[False], loaders[True]
+    assert padding_fraction(grouped_train) < padding_fraction(plain_train) / 3
+    assert padding_fraction(grouped_val) < padding_fraction(plain_val) / 3
+    sampler = grouped_train.sampler
+    first = list(sampler)
+    assert sorted(first) == sorted(plain_train.sampler) == list(range(540))  # every training review, once
+    assert list(sampler) == first  # a function of (seed, epoch) alone: what resuming relies on
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == sorted(first)
+    lengths = dm.splits["train"].lengths.tolist()
+    spreads = [max(lengths[i] for i in first[b : b + 8]) - min(lengths[i] for i in first[b : b + 8]) for b in range(0, 536, 8)]
+    assert sum(spreads) / len(spreads) < 5  # similar lengths within a batch ...
+    batch_means = [sum(lengths[i] for i in first[b : b + 8]) / 8 for b in range(0, 64, 8)]
+    assert batch_means != sorted(batch_means, reverse=True)  # ... but the batches in random order
+
+
+def test_length_grouping_keeps_the_partial_batch_last():
+    lengths = list(range(100))
+    order = group_by_length(list(range(100)), lengths, batch_size=8, generator=torch.Generator().manual_seed(0), window=4)
+    assert sorted(order) == lengths
+    full, tail = order[:96], order[96:]
+    assert len(tail) == 4 and all(max(full[b : b + 8]) - min(full[b : b + 8]) == 7 for b in range(0, 96, 8))
+
+
 def test_left_padding_puts_pads_first():
     collate = PadCollator(pad_token_id=0, padding_side="left")
     batch = collate([(torch.tensor([5, 6, 7]), 1), (torch.tensor([8]), 0)])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["labels"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_to_multiple_rounds_the_width_and_masks_the_extra(side):
+    collate = PadCollator(pad_token_id=0, padding_side=side, multiple=4)
+    batch = collate([(torch.arange(1, 6), 1), (torch.tensor([9]), 0)])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [5, 1]
+    real = batch["input_ids"][batch["attention_mask"].bool()].tolist()
+    assert real == [1, 2, 3, 4, 5, 9]
+    assert collate([(torch.arange(1, 9), 1)])["input_ids"].shape == (1, 8)  # already a multiple: unchanged
+
+
+def test_pad_to_multiple_below_one_is_refused():
+    with pytest.raises(UserError, match="pad_to_multiple_of=0"):
+        IMDBDataModule(tokenizer="unused", pad_to_multiple_of=0)
 
 
 @pytest.mark.parametrize("truncation", ["head", "head_tail"])
@@ -162,6 +219,46 @@ def test_truncation_keeps_max_length_and_special_tokens(tiny_bert, truncation):
     decoded = tokenizer.decode(ids, skip_special_tokens=True)
     assert decoded.startswith("start")
     assert decoded.endswith("finale") == (truncation == "head_tail")
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_bert", "tiny_gpt2"])
+def test_backend_batch_gives_the_ids_of_the_tokenizer_call(checkpoint, request):
+    from sentiment.models.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(request.getfixturevalue(checkpoint))
+    texts = [tokenize.clean(t) for t in toy_reviews(50, seed=4)[0]] + ["", "Ünïcödé — quotes' \"and\" émojis 🎬 " * 9]
+    for max_length in (None, 16):
+        expected = tokenizer(texts, truncation=max_length is not None, max_length=max_length)["input_ids"]
+        assert tokenize.batch_ids(tokenizer, texts, max_length) == expected
+    assert tokenize.batch_ids(tokenizer, texts, add_special_tokens=False) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert len(tokenizer(texts[-1])["input_ids"]) > 16  # the copy left no truncation on the tokenizer
+
+
+def long_texts() -> list[str]:
+    texts, _ = toy_reviews(40, seed=5)
+    return [t * (i % 9 + 1) for i, t in enumerate(texts)] + ["x" * 3000, "short", "", "word " * 200 + "y" * 500, " spaced  out " * 80]
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_bert", "tiny_gpt2"])
+def test_head_truncation_equals_tokenizing_everything(checkpoint, request):
+    """`encode` tokenizes only a head of each text; the ids must be those of the whole text, truncated."""
+    from sentiment.models.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(request.getfixturevalue(checkpoint))
+    texts = long_texts()
+    for max_length in (8, 16, 64):
+        expected = tokenizer([tokenize.clean(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
+        assert tokenize.encode(tokenizer, texts, max_length) == expected
+
+
+@pytest.mark.slow
+def test_head_truncation_on_the_bundled_reviews():
+    from sentiment.models.hf import load_tokenizer
+
+    texts = [tokenize.clean(t) for t in load_corpus("bundled", None, "text", "label").train.texts[:3000]]
+    for name in ("all-minilm-l6-v2", "smollm2-135m"):
+        tokenizer = load_tokenizer(name)
+        assert tokenize.encode(tokenizer, texts, 128) == tokenizer(texts, truncation=True, max_length=128)["input_ids"], name
 
 
 def test_head_tail_split_follows_sun_et_al(tiny_bert):
@@ -229,11 +326,16 @@ def test_max_length_bounds(toy_csv, tiny_bert):
         IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), max_length=1024).tokenizer
 
 
-def test_shuffled_train_sequential_eval(toy_csv, tiny_bert, tmp_path):
-    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), batch_size=180, eval_batch_size=20, cache_dir=str(tmp_path))
+@pytest.mark.parametrize("grouped", [False, True])
+def test_shuffled_train_whole_eval(toy_csv, tiny_bert, tmp_path, grouped):
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), batch_size=180, eval_batch_size=20, cache_dir=str(tmp_path), group_by_length=grouped)
     dm.setup()
     torch.manual_seed(0)
     order = next(iter(dm.train_dataloader()))["labels"]
     assert not torch.equal(order, dm.splits["train"].labels)  # shuffled
-    assert torch.equal(next(iter(dm.val_dataloader()))["labels"], dm.splits["val"].labels)
+    val = next(iter(dm.val_dataloader()))["labels"]
+    if grouped:  # by length, a different order of the same reviews
+        assert sorted(dm.val_dataloader().sampler) == list(range(len(dm.splits["val"])))
+    else:
+        assert torch.equal(val, dm.splits["val"].labels)
     assert np.isclose(order.float().mean(), dm.splits["train"].labels.float().mean())

@@ -81,3 +81,32 @@ def test_decoder_reads_the_last_real_token_whatever_the_padding(tiny_gpt2):
         alone = model(ids, torch.ones_like(ids))
         right = model(torch.tensor([[5, 9, 17, 4, pad, pad]]), torch.tensor([[1, 1, 1, 1, 0, 0]]))
     assert torch.allclose(alone, right, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_fused_adamw_still_clips_the_gradients(precision, tiny_bert, toy_csv, tmp_path):
+    """Lightning will not clip for a fused optimizer under mixed precision; the module clips itself, to the norm asked."""
+    norms = []
+
+    class ReadNorm(L.Callback):  # after the step: the gradients the optimizer used are still there
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in pl_module.parameters() if p.grad is not None])).item())
+
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), batch_size=16, max_length=32, cache_dir=str(tmp_path))
+    model = classifier(tiny_bert, fused=True)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", precision=precision, gradient_clip_val=1e-3, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[ReadNorm()])
+    trainer.fit(model, datamodule=dm)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms) == 3 and all(abs(n - 1e-3) < 1e-5 for n in norms), norms
+
+
+def test_attention_dropout_is_set_on_library_and_own_models(tiny_bert, tiny_gpt2):
+    from sentiment.models import bert, gpt, hf
+
+    assert hf.build_classifier(tiny_bert, attn_dropout=0.0).config.attention_probs_dropout_prob == 0.0
+    assert hf.build_classifier(tiny_bert).config.attention_probs_dropout_prob == 0.1  # None: the checkpoint's
+    assert hf.build_classifier(tiny_gpt2, attn_dropout=0.0).config.attn_pdrop == 0.0
+    assert bert.build_classifier(tiny_bert, attn_dropout=0.0).config.attn_dropout == 0.0
+    assert gpt.build_classifier(tiny_gpt2, attn_dropout=0.0).config.attn_dropout == 0.0

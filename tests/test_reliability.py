@@ -362,6 +362,22 @@ def test_same_seed_gives_identical_metrics_and_curves(reference, tiny_bert, work
     assert len(curves(reference)["train/loss"]) == 24
 
 
+@pytest.mark.slow
+def test_compiled_training_writes_checkpoints_that_eval_reads(reference, tiny_bert, workdir):
+    """compile=true trains through torch.compile; its checkpoints keep the plain names, so eval loads them as they are."""
+    logs = workdir / "compiled"
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, "compile=true"), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run(logs)
+    metrics = metrics_of(run)
+    assert 0 < metrics["train/loss_epoch"] < 5 and 0 <= metrics["val/acc"] <= 1
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert state.keys() == torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"].keys()
+    evaluated = run_script("eval", f"ckpt_path={metrics['best_checkpoint']}", f"paths.log_dir={workdir / 'compiled-eval'}", "trainer.precision=32-true")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"test/acc: {metrics['test/acc']:.4f}" in evaluated.stdout
+
+
 # --- distributed --------------------------------------------------------------------------------------------
 
 

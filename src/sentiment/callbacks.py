@@ -39,7 +39,7 @@ class ThroughputLogger(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples += len(batch["labels"])
-        self.tokens += int(batch["attention_mask"].sum())
+        self.tokens += batch["attention_mask"].sum()  # stays a tensor: reading it every step would stall a GPU
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.val_start = time.perf_counter()
@@ -52,7 +52,7 @@ class ThroughputLogger(L.Callback):
         seconds = time.perf_counter() - self.start - self.paused
         pl_module.log("train/epoch_time_s", seconds, sync_dist=True, reduce_fx="max")
         pl_module.log("train/samples_per_sec", self.samples / seconds, sync_dist=True, reduce_fx="sum")
-        pl_module.log("train/tokens_per_sec", self.tokens / seconds, sync_dist=True, reduce_fx="sum")
+        pl_module.log("train/tokens_per_sec", int(self.tokens) / seconds, sync_dist=True, reduce_fx="sum")
         pl_module.log("train/peak_memory_mb", peak_memory_mb(pl_module.device), sync_dist=True, reduce_fx="max")
 
 

@@ -114,6 +114,21 @@ class SentimentClassifier(L.LightningModule):
         self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("test/f1", self.test_f1, on_epoch=True, batch_size=n)
 
+    @property
+    def _fused(self) -> bool:
+        """Fused AdamW, unless fp16's loss scaler is on: a fused step unscales the gradients itself, after clipping."""
+        return bool(self.hparams.fused) and getattr(self.trainer.precision_plugin, "scaler", None) is None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning refuses to clip for any fused optimizer under mixed precision, for fp16's sake; bf16 and fp32
+        # have no loss scaler, so the gradients are final here and clipping them is the classic recipe's clip.
+        if not (self._fused and gradient_clip_val):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def configure_optimizers(self):
         """AdamW with weight decay on weights only: never on biases or normalisation gains (BERT's recipe)."""
         hp = self.hparams
@@ -122,7 +137,7 @@ class SentimentClassifier(L.LightningModule):
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas), fused=hp.fused or None)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas), fused=self._fused or None)
         if hp.schedule == "constant" and hp.warmup_ratio == 0:
             return optimizer
         total = max(1, self.trainer.estimated_stepping_batches)

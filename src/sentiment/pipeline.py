@@ -45,6 +45,11 @@ def supports_bf16() -> bool:
 # Lightning warns that a mid-epoch resume replays the epoch from its first batch; ours does not (ResumableSampler).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 OmegaConf.register_new_resolver("best_precision", lambda: "bf16-mixed" if supports_bf16() else "32-true", replace=True)
+# On a GPU, worker processes and pinned memory overlap batch assembly and the copy with the step. On a CPU the
+# workers would take the cores the step needs, and the tokens are cached, so the main process batches.
+OmegaConf.register_new_resolver("loader_workers", lambda: min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0, replace=True)
+OmegaConf.register_new_resolver("pad_multiple", lambda: 64 if torch.cuda.is_available() else 1, replace=True)
+OmegaConf.register_new_resolver("on_gpu", lambda: torch.cuda.is_available(), replace=True)
 
 
 def cli(task):
@@ -138,6 +143,8 @@ def train(cfg: DictConfig) -> float | None:
     metrics: dict[str, float] = {"params/total": total, "params/trainable": trainable}
     if cfg.get("train", True):
         try:
+            if cfg.get("compile"):
+                model.net.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)  # our own files: hparams are DictConfigs
         except TrainingDiverged as err:
             last = newest_checkpoint(Path(checkpointers[0].dirpath), "*.ckpt") if checkpointers else None

@@ -47,26 +47,54 @@ class ResumableSampler(DistributedSampler):
     from the global RNG. Here the order is fixed by the seed and the epoch (Lightning calls `set_epoch`), and
     `skip` drops the samples this rank already trained on before the checkpoint: the resumed run sees exactly
     the batches the uninterrupted one would have. With one process it is a plain seeded shuffle.
+
+    With `batch_size` and `lengths`, consecutive batches are length-grouped (see `group_by_length`).
     """
 
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, skip: int = 0):
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, skip: int = 0,
+                 batch_size: int | None = None, lengths: torch.Tensor | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.skip = skip
+        self.skip, self.batch_size, self.lengths = skip, batch_size, lengths
 
     def __iter__(self):
         indices = list(super().__iter__())
+        if self.lengths is not None and self.batch_size:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch + 1)
+            indices = group_by_length(indices, self.lengths.tolist(), self.batch_size, generator)
         skip, self.skip = self.skip, 0  # only the epoch in progress at the checkpoint is partial
         return iter(indices[skip:])
 
 
-class PadCollator:
-    """Dynamic padding: each batch is padded to its own longest review, not to max_length."""
+def group_by_length(indices: list[int], lengths: list[int], batch_size: int, generator: torch.Generator, window: int = 64) -> list[int]:
+    """`indices` reordered so that each run of `batch_size` holds reviews of similar length: less padding.
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right"):
-        self.pad_token_id, self.padding_side = pad_token_id, padding_side
+    Each window of `window` batches (already shuffled) is sorted by length and cut into batches; the full
+    batches are then shuffled, so an epoch still mixes lengths and classes. The one partial batch stays last:
+    the loader cuts batches at multiples of batch_size, and a resumed epoch skips whole batches.
+    """
+    span = batch_size * window
+    grouped = []
+    for start in range(0, len(indices), span):
+        chunk = indices[start : start + span]
+        grouped += sorted(chunk, key=lambda i: -lengths[i])
+    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
+    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [i for b in [batches[j] for j in order] + tail for i in b]
+
+
+class PadCollator:
+    """Dynamic padding: each batch is padded to its own longest review, not to max_length.
+
+    `multiple` rounds that width up (64: at most 8 widths at 512 tokens). A GPU pays for every new width: cuDNN
+    attention plans and torch.compile graphs are built per shape, and a plan costs more than the step.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right", multiple: int = 1):
+        self.pad_token_id, self.padding_side, self.multiple = pad_token_id, padding_side, multiple
 
     def __call__(self, items: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for ids, _ in items)
+        width = -(-max(len(ids) for ids, _ in items) // self.multiple) * self.multiple
         input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
         for row, (ids, _) in enumerate(items):
@@ -100,6 +128,8 @@ class IMDBDataModule(L.LightningDataModule):
         test_size: int | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        pad_to_multiple_of: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_dir: str | None = None,
@@ -109,6 +139,8 @@ class IMDBDataModule(L.LightningDataModule):
             raise UserError(f"data.truncation={truncation}: choose one of {', '.join(tokenize.TRUNCATIONS)}.")
         if max_length < 8:
             raise UserError(f"data.max_length={max_length} is below 8: too short to hold a review. Use 128 (the default) or more.")
+        if pad_to_multiple_of < 1:
+            raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest review) or more.")
         if not 0 < val_fraction < 1:
             raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (the classic recipe uses 0.1).")
         self.save_hyperparameters(logger=False)
@@ -163,7 +195,12 @@ class IMDBDataModule(L.LightningDataModule):
             log.info("Tokenized data from cache %s", path)
             return cached
         log.info("Tokenizing %s reviews (max_length=%d, truncation=%s)", {k: len(v) for k, v in raw.items()}, hp.max_length, hp.truncation)
-        packed = {name: tokenize.pack(tokenize.encode(self.tokenizer, s.texts, hp.max_length, hp.truncation), s.labels) for name, s in raw.items()}
+        packed = {}
+        for name, split in raw.items():
+            if name == "test" and split == raw["val"]:  # the held-out set doubles as the test set: tokenize it once
+                packed[name] = packed["val"]
+            else:
+                packed[name] = tokenize.pack(tokenize.encode(self.tokenizer, split.texts, hp.max_length, hp.truncation), split.labels)
         tokenize.save_cache(path, key, packed)
         return packed
 
@@ -175,8 +212,11 @@ class IMDBDataModule(L.LightningDataModule):
             self.splits = {name: TokenizedSplit(packed) for name, packed in self.encoded_splits().items()}
 
     @staticmethod
-    def collator_for(tokenizer) -> PadCollator:
-        return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    def collator_for(tokenizer, multiple: int = 1) -> PadCollator:
+        return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, multiple)
+
+    def collator(self) -> PadCollator:
+        return self.collator_for(self.tokenizer, self.hparams.pad_to_multiple_of)
 
     def _sampler(self, split: str):
         """Train: the resumable seeded shuffle. Eval under DDP: each review on exactly one rank, none repeated
@@ -185,8 +225,14 @@ class IMDBDataModule(L.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         dataset = self.splits[split]
         if split != "train":
-            return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False) if replicas > 1 else None
-        sampler = ResumableSampler(dataset, replicas, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))  # set by seed_everything
+            if replicas > 1:
+                return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)
+            # the order of evaluation changes no metric; sorted by length, each batch pads least
+            return sorted(range(len(dataset)), key=dataset.lengths.tolist().__getitem__) if self.hparams.group_by_length else None
+        sampler = ResumableSampler(
+            dataset, replicas, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),  # set by seed_everything
+            batch_size=self.hparams.batch_size, lengths=dataset.lengths if self.hparams.group_by_length else None,
+        )
         batches_per_epoch = math.ceil(sampler.num_samples / self.hparams.batch_size)
         sampler.skip = self.batches_done % batches_per_epoch * self.hparams.batch_size
         self.batches_done = 0  # only the first loader after a restore starts mid-epoch
@@ -210,7 +256,7 @@ class IMDBDataModule(L.LightningDataModule):
             sampler=self._sampler(split),
             # its own generator: starting an iterator would otherwise draw from the global RNG, dropout's
             generator=torch.Generator().manual_seed(0),
-            collate_fn=self.collator_for(self.tokenizer),
+            collate_fn=self.collator(),
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,
             persistent_workers=hp.num_workers > 0,

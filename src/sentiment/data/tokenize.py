@@ -28,14 +28,51 @@ def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head
     budget (Sun et al. 2019 keep 128 + 382 of 510): a review's verdict is often in its last sentences.
     """
     texts = [clean(t) for t in texts]
-    if truncation == "head":
-        return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
+    if truncation == "head":
+        return [prefix + x[:budget] + suffix for x in head_ids(tokenizer, texts, budget)]
     head = round(budget * 128 / 510)
     tail = budget - head
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = batch_ids(tokenizer, texts, add_special_tokens=False)
     return [prefix + (x if len(x) <= budget else x[:head] + x[len(x) - tail :]) + suffix for x in ids]
+
+
+def head_ids(tokenizer, texts: list[str], budget: int, chars_per_token: int = 6, margin: int = 16) -> list[list[int]]:
+    """At least the first `budget` tokens of each text (all of them for a shorter one), tokenizing only a head.
+
+    A review averages ~300 tokens and the default keeps 126, so each text is first cut at a space after
+    `chars_per_token * budget` characters: the words before the cut tokenize as they do in the whole text.
+    A text whose head gives fewer than `budget + margin` tokens (the margin keeps clear of the cut word) is
+    tokenized whole. Equal to tokenizing everything and truncating (tests/test_data.py), 2x faster.
+    """
+    limit = chars_per_token * budget
+    heads = [t if len(t) <= limit else t[: t.find(" ", limit) % (len(t) + 1)] for t in texts]
+    ids = batch_ids(tokenizer, heads, add_special_tokens=False)
+    redo = [i for i, (x, head, text) in enumerate(zip(ids, heads, texts)) if len(head) < len(text) and len(x) < budget + margin]
+    for i, x in zip(redo, batch_ids(tokenizer, [texts[i] for i in redo], add_special_tokens=False) if redo else []):
+        ids[i] = x
+    return ids
+
+
+def batch_ids(tokenizer, texts: list[str], max_length: int | None = None, add_special_tokens: bool = True) -> list[list[int]]:
+    """`tokenizer(texts, truncation=..., max_length=...)["input_ids"]` in one call to the Rust backend.
+
+    A fast tokenizer's `encode_batch_fast` skips the character offsets that the Hugging Face call computes and
+    we never use: 1.5x faster on the 25k reviews (bench/bench_tokenize.py). It runs on a copy of the backend,
+    because truncation is a setting stored on it.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenizer(texts, truncation=max_length is not None, max_length=max_length, add_special_tokens=add_special_tokens)["input_ids"]
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    if max_length is None:
+        backend.no_truncation()
+    else:
+        backend.enable_truncation(max_length)
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:

@@ -20,13 +20,22 @@ def load_tokenizer(checkpoint: str):
     return tokenizer
 
 
-def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True):
+# Where each family keeps its attention-probability dropout (BERT, GPT-2, Llama).
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+
+
+def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True, attn_dropout: float | None = None):
     """A sequence classifier on `checkpoint`: BERT pools `[CLS]`, decoders read the last non-pad token.
 
-    `pretrained=False` keeps the architecture and tokenizer but starts from random weights.
+    `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
+    replaces the checkpoint's attention dropout (None keeps it); the same key sets it on our own models.
     """
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
     config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
+    if attn_dropout is not None:
+        for field in ATTENTION_DROPOUT_FIELDS:
+            if hasattr(config, field):
+                setattr(config, field, attn_dropout)
     if not pretrained:
         return AutoModelForSequenceClassification.from_config(config)
     return from_pretrained(AutoModelForSequenceClassification, checkpoint, config=config)

@@ -1,0 +1,60 @@
+"""What every benchmark shares: the machine it ran on, and its results written as JSON beside the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Where a figure was measured: without this a number means nothing a week later."""
+    import transformers
+
+    return {
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def save(name: str, results: dict) -> Path:
+    """bench/results/<name>.json: the newest run, plus one line per run appended to <name>.jsonl (history)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"machine": machine(), **results}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    with (RESULTS / f"{name}.jsonl").open("a") as history:
+        history.write(json.dumps(record) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def best_of(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls: other load on a shared machine only ever adds time."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
