@@ -1,10 +1,11 @@
-"""A hand-written BERT sequence classifier that loads Hugging Face BERT checkpoints.
+"""A hand-written BERT that loads Hugging Face BERT checkpoints and exports its own.
 
-It computes what `transformers.BertForSequenceClassification` computes (to ~1e-6 in fp32):
+`Bert` computes what `transformers.BertForSequenceClassification` computes (to ~1e-6 in fp32):
 embeddings -> post-LN encoder blocks -> pooler (dense + tanh on [CLS]) -> dropout -> classifier.
-Names follow the Hugging Face checkpoint; `hf_names` below is the whole mapping. The one structural
-change is that query, key and value are stacked into one `qkv` projection at load time: one matmul
-instead of three.
+`BertForMaskedLM` puts BERT's pretraining head on the same encoder instead: what
+`transformers.BertForMaskedLM` computes. Names follow the Hugging Face checkpoint; `hf_names` below is
+the whole mapping, read one way to load and the other way to export. The one structural change is that
+query, key and value are stacked into one `qkv` projection at load time: one matmul instead of three.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentiment.errors import UserError
-from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config
+from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config, unmap
+
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}  # HF hidden_act -> ours
 
 
 @dataclass
@@ -47,7 +50,7 @@ class BertConfig:
     def from_hf(cls, hf, **overrides) -> "BertConfig":
         if hf.model_type != "bert" or getattr(hf, "position_embedding_type", "absolute") != "absolute":
             raise UserError(f"bert.py loads BERT checkpoints with absolute positions, not {hf.model_type}.")
-        act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(hf.hidden_act)
+        act = ACTIVATIONS.get(hf.hidden_act)
         if act is None:
             raise UserError(f"hidden_act={hf.hidden_act} is not supported by bert.py (gelu variants only).")
         fields = dict(
@@ -58,6 +61,18 @@ class BertConfig:
             num_labels=hf.num_labels, pad_token_id=hf.pad_token_id, init_std=hf.initializer_range,
         )
         return make_config(cls, fields, overrides)
+
+    def to_hf(self, **extra):
+        """The Hugging Face `BertConfig` of this model (the inverse of `from_hf`), for exporting it."""
+        from transformers import BertConfig as HFBertConfig
+
+        return HFBertConfig(
+            vocab_size=self.vocab_size, max_position_embeddings=self.block_size, type_vocab_size=self.type_vocab_size,
+            num_hidden_layers=self.n_layer, num_attention_heads=self.n_head, hidden_size=self.n_embd, intermediate_size=self.n_inner,
+            hidden_act="gelu" if self.activation == "gelu" else "gelu_new", layer_norm_eps=self.layer_norm_eps,
+            hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.attn_dropout,
+            classifier_dropout=self.classifier_dropout, pad_token_id=self.pad_token_id, initializer_range=self.init_std, **extra,
+        )
 
 
 class Embeddings(nn.Module):
@@ -119,17 +134,14 @@ class Layer(nn.Module):
         return self.output_norm(x + self.dropout(self.output(h)))
 
 
-class Bert(nn.Module):
+class Encoder(nn.Module):
+    """Embeddings and encoder blocks: HF `BertModel` without its pooler. The task models below add their heads."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
         self.encoder = nn.ModuleList([Layer(config) for _ in range(config.n_layer)])
-        self.pooler = nn.Linear(config.n_embd, config.n_embd)
-        dropout = config.dropout if config.classifier_dropout is None else config.classifier_dropout
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.n_embd, config.num_labels)
-        self.apply(lambda m: init_weights(m, config.init_std))
 
     def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None):
         """The last layer's output, (B, T, C): HF `BertModel(...).last_hidden_state`."""
@@ -141,24 +153,77 @@ class Bert(nn.Module):
             x = layer(x, mask)
         return x
 
+    @classmethod
+    def from_hf_state_dict(cls, hf_config, state_dict, **overrides):
+        """This model with the weights of any HF BERT state dict: `BertModel` (MiniLM: no prefix) or
+        `BertFor*` (bert-base-uncased: `bert.` prefix). Task heads start fresh when absent."""
+        model = cls(BertConfig.from_hf(hf_config, **overrides))
+        state_dict = {k.removeprefix("bert."): v for k, v in state_dict.items()}
+        model.fresh_heads = load_mapped(model, state_dict, hf_names(model.config), optional=("pooler.", "classifier.", "mlm_head."))
+        return model
+
+    def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights under the HF names of `BertFor*` (the inverse of `from_hf_state_dict`): the encoder
+        under `bert.`, the task heads (`cls.`, `classifier.`) at the top, as `save_pretrained` writes them."""
+        hf = unmap(self.state_dict(), hf_names(self.config))
+        return {k if k.startswith(("cls.", "classifier.")) else "bert." + k: v for k, v in hf.items()}
+
+
+class Bert(Encoder):
+    """The sequence classifier: pooled [CLS] -> dropout -> classifier."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.pooler = nn.Linear(config.n_embd, config.n_embd)
+        dropout = config.dropout if config.classifier_dropout is None else config.classifier_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        self.apply(lambda m: init_weights(m, config.init_std))
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Class logits, (B, num_labels), from the pooled [CLS] token."""
         x = self.hidden_states(input_ids, attention_mask, token_type_ids)
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, C)
         return self.classifier(self.dropout(pooled))
 
-    @classmethod
-    def from_hf_state_dict(cls, hf_config, state_dict, **overrides) -> "Bert":
-        """Our BERT with the weights of any HF BERT state dict: `BertModel` (MiniLM: no prefix) or
-        `BertFor*` (bert-base-uncased: `bert.` prefix). Pooler and classifier start fresh when absent."""
-        model = cls(BertConfig.from_hf(hf_config, **overrides))
-        state_dict = {k.removeprefix("bert."): v for k, v in state_dict.items()}
-        model.fresh_heads = load_mapped(model, state_dict, hf_names(model.config), optional=("pooler.", "classifier."))
-        return model
+
+class MaskedLMHead(nn.Module):
+    """HF's `cls.predictions`: dense -> GELU -> LayerNorm, then a score for each word of the vocabulary
+    from the word-embedding table (the decoder is tied to it, as in every BERT checkpoint) plus a bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd)
+        self.LayerNorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+
+    def forward(self, x, word_embeddings):
+        x = self.LayerNorm(F.gelu(self.dense(x), approximate=self.approximate))  # (..., C)
+        return F.linear(x, word_embeddings, self.bias)  # (..., vocab)
+
+
+class BertForMaskedLM(Encoder):
+    """The encoder with BERT's masked-LM head: HF `BertForMaskedLM`, what BERT is pretrained with."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.mlm_head = MaskedLMHead(config)
+        self.apply(lambda m: init_weights(m, config.init_std))
+
+    def lm_logits(self, x):
+        """Vocabulary logits for hidden states x (..., C). Pretraining passes only the masked positions:
+        the (..., vocab) output is the largest tensor of the step, and the other 85% would be thrown away."""
+        return self.mlm_head(x, self.embeddings.word_embeddings.weight)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Vocabulary logits at every position, (B, T, vocab): HF `BertForMaskedLM(...).logits`."""
+        return self.lm_logits(self.hidden_states(input_ids, attention_mask, token_type_ids))
 
 
 def hf_names(config: BertConfig) -> dict[str, tuple[str, ...]]:
-    """Each of our tensors -> the HF tensors (without the `bert.` prefix) it is made of."""
+    """Each of our tensors -> the HF tensors (without the `bert.` prefix) it is made of. A model uses the
+    entries of the tensors it has: the classifier's pooler and classifier, or the masked-LM head."""
     names = {}
     for w in ("weight", "bias"):
         for i in range(config.n_layer):
@@ -172,6 +237,9 @@ def hf_names(config: BertConfig) -> dict[str, tuple[str, ...]]:
         names[f"embeddings.LayerNorm.{w}"] = (f"embeddings.LayerNorm.{w}",)
         names[f"pooler.{w}"] = (f"pooler.dense.{w}",)
         names[f"classifier.{w}"] = (f"classifier.{w}",)
+        names[f"mlm_head.dense.{w}"] = (f"cls.predictions.transform.dense.{w}",)
+        names[f"mlm_head.LayerNorm.{w}"] = (f"cls.predictions.transform.LayerNorm.{w}",)
+    names["mlm_head.bias"] = ("cls.predictions.bias",)
     for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         names[f"embeddings.{table}.weight"] = (f"embeddings.{table}.weight",)
     return names

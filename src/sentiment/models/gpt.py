@@ -10,7 +10,7 @@ One model class; a few config fields pick the parts that differ between the two 
     bias         true                           false
 
 It classifies like Hugging Face's `*ForSequenceClassification`: a `score` projection (no bias) of the last
-real token. Names follow GPT-2 (nanoGPT's), so a GPT-2 checkpoint maps one to one; `hf_names` holds the
+real token (num_labels=0: no `score`, a language model only, as pretraining builds it). Names follow GPT-2 (nanoGPT's), so a GPT-2 checkpoint maps one to one; `hf_names` holds the
 whole mapping for both layouts. At load time Llama's q/k/v projections are stacked into one `c_attn` and
 its gate/up projections into one `c_fc`: one matmul each instead of three and two.
 
@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentiment.errors import UserError
-from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config
+from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config, unmap
+
+# GPT-2 stores these projections as Conv1D, (in, out): nn.Linear's weight is (out, in).
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 @dataclass
@@ -50,7 +53,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # the LM head reuses wte
     dropout: float = 0.0  # on embeddings and residual branches
     attn_dropout: float = 0.0
-    num_labels: int = 2
+    num_labels: int = 2  # 0: no classification head
     pad_token_id: int | None = None  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
 
@@ -105,6 +108,20 @@ class GPTConfig:
         if "n_head" in overrides and "n_kv_head" not in overrides:
             fields["n_kv_head"] = max(1, overrides["n_head"] // (fields["n_head"] // fields["n_kv_head"]))
         return make_config(cls, fields, overrides)
+
+    def to_hf(self, **extra):
+        """The Hugging Face `GPT2Config` of this model (the inverse of `from_hf`), for exporting it."""
+        gpt2 = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, n_kv_head=self.n_head, head_dim=self.n_embd // self.n_head)
+        if any(getattr(self, k) != v for k, v in gpt2.items()):
+            raise UserError(f"only the GPT-2 layout exports ({', '.join(f'{k}={v}' for k, v in gpt2.items())}).")
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=self.vocab_size, n_positions=self.block_size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+            n_inner=self.n_inner, activation_function="gelu_new", layer_norm_epsilon=self.norm_eps, tie_word_embeddings=self.tie_embeddings,
+            embd_pdrop=self.dropout, resid_pdrop=self.dropout, attn_pdrop=self.attn_dropout, pad_token_id=self.pad_token_id,
+            initializer_range=self.init_std, **extra,
+        )
 
 
 def norm(config: GPTConfig) -> nn.Module:
@@ -220,7 +237,7 @@ class GPT(nn.Module):
         if config.positions == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False) if config.num_labels else None
         self.apply(lambda m: init_weights(m, config.init_std))
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("c_proj.weight"):
@@ -281,12 +298,19 @@ class GPT(nn.Module):
         prefix = "transformer." if hf_config.model_type == "gpt2" else "model."
         state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
         if hf_config.model_type == "gpt2":
-            # GPT-2 stores its projections as Conv1D, (in, out): nn.Linear wants (out, in).
-            conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-            state_dict = {k: v.t() if k.endswith(conv1d) else v for k, v in state_dict.items()}
+            state_dict = {k: v.t() if k.endswith(CONV1D) else v for k, v in state_dict.items()}
         names = hf_names(model.config, hf_config.model_type)
         model.fresh_heads = load_mapped(model, state_dict, names, optional=("score.", "lm_head."))
         return model
+
+    def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights under GPT-2's HF names (`GPT2LMHeadModel`; the inverse of `from_hf_state_dict`):
+        the body under `transformer.` with its projections transposed back to Conv1D, the heads at the top.
+        A tied LM head is wte itself, which HF ties again on load. GPT-2 layout only (see `GPTConfig.to_hf`)."""
+        self.config.to_hf()  # refuses the Llama layout
+        hf = unmap(self.state_dict(), hf_names(self.config, "gpt2"))
+        hf = {k: v.t().contiguous() if k.endswith(CONV1D) else v for k, v in hf.items()}
+        return {k if k.startswith(("lm_head.", "score.")) else "transformer." + k: v for k, v in hf.items()}
 
 
 def hf_names(config: GPTConfig, layout: str) -> dict[str, tuple[str, ...]]:

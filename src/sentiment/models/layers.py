@@ -96,6 +96,21 @@ def load_mapped(
     return fresh
 
 
+def unmap(state_dict: Mapping[str, torch.Tensor], names: Mapping[str, tuple[str, ...]]) -> dict[str, torch.Tensor]:
+    """The inverse of `load_mapped`: each of our tensors under the HF names it is made of, a fused one cut
+    back along dim 0 into equal parts (BERT's q/k/v). Parts of unequal size (Llama's grouped-query q and
+    k/v) cannot be told apart from the names alone, so gpt.py exports the GPT-2 layout only, whose fused
+    c_attn is one HF tensor. Each tensor gets its own memory: safetensors refuses to save views that share it."""
+    hf = {}
+    for ours, tensor in state_dict.items():
+        sources = names[ours]
+        if tensor.size(0) % len(sources):
+            raise UserError(f"{ours} ({tuple(tensor.shape)}) does not split evenly into {list(sources)}: this layout does not export.")
+        for name, part in zip(sources, tensor.chunk(len(sources))):
+            hf[name] = part.detach().clone()
+    return hf
+
+
 @torch.no_grad()
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """The BERT / GPT-2 initialisation, for random models and for task heads a checkpoint lacks."""

@@ -1,0 +1,251 @@
+"""Pretraining our own models from random weights, for a controlled BERT-vs-GPT experiment.
+
+`objective=mlm` trains our BERT (models/bert.py, `BertForMaskedLM`) to fill in masked tokens;
+`objective=clm` trains our GPT (models/gpt.py, GPT-2 layout) to predict the next token. Everything else is
+shared: the tokenizer, the size, the token blocks and their order, the optimizer and the budget. The run
+ends by exporting a Hugging Face folder that `src/train.py model=bert_scratch|gpt_scratch
+model.net.checkpoint=<run>/export` fine-tunes, and the library's `BertForMaskedLM` / `GPT2LMHeadModel` load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+from torchmetrics import MeanMetric
+
+from sentiment.callbacks import ThroughputLogger
+from sentiment.data.tokenize import special_tokens
+from sentiment.errors import TrainingDiverged, UserError
+from sentiment.models.bert import BertConfig, BertForMaskedLM
+from sentiment.models.gpt import GPT, GPTConfig
+from sentiment.models.hf import load_tokenizer
+from sentiment.module import count_parameters
+from sentiment.pipeline import build_trainer, scalars, write_metrics
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = {"mlm": "our BERT, masked tokens", "clm": "our GPT, next token"}
+IGNORE = -100  # cross_entropy's ignore_index: a position with nothing to predict
+
+
+def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_token_id: int, vocab_size: int,
+                mask_prob: float = 0.15, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking (Devlin et al. 2019, 3.1): each token that is not `special` (B, T) is chosen with
+    probability `mask_prob`; a chosen one becomes [MASK] 80% of the time, a random token 10%, and stays
+    itself 10% (so the model cannot learn that only [MASK] positions matter).
+
+    Returns the corrupted ids and the labels: the original token where chosen, IGNORE elsewhere. Draws
+    from `generator` (on its device) when given, else from the global RNG on the ids' device.
+    """
+    device = generator.device if generator is not None else input_ids.device
+
+    def uniform() -> torch.Tensor:
+        return torch.rand(input_ids.shape, generator=generator, device=device).to(input_ids.device)
+
+    chosen = (uniform() < mask_prob) & ~special
+    fate = uniform()  # one draw splits the chosen tokens 80 / 10 / 10
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device).to(input_ids.device)
+    inputs = input_ids.masked_fill(chosen & (fate < 0.8), mask_token_id)
+    inputs = torch.where(chosen & (fate >= 0.8) & (fate < 0.9), random_ids, inputs)
+    return inputs, input_ids.masked_fill(~chosen, IGNORE)
+
+
+def next_token_labels(input_ids: torch.Tensor) -> torch.Tensor:
+    """Labels (B, T) for next-token prediction: position t predicts token t + 1; the last has no target."""
+    return F.pad(input_ids[:, 1:], (0, 1), value=IGNORE)
+
+
+class LanguageModel(L.LightningModule):
+    """Pretrains `objective`'s model from random weights at the given size; the loss is cross-entropy over
+    the positions that have a target (the masked ones for mlm, all but the last for clm)."""
+
+    def __init__(
+        self,
+        objective: str,
+        tokenizer: str,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 256,
+        n_inner: int = 1024,
+        block_size: int = 128,
+        dropout: float = 0.1,
+        mask_prob: float | None = 0.15,
+        lr: float = 5e-4,
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_ratio: float = 0.05,
+    ):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise UserError(f"objective={objective}: choose one of {', '.join(f'{k} ({v})' for k, v in OBJECTIVES.items())}.")
+        if objective == "mlm" and not (mask_prob and 0 < mask_prob < 1):
+            raise UserError(f"objective.mask_prob={mask_prob} must be between 0 and 1 (BERT's is 0.15).")
+        if not 0 <= warmup_ratio < 1:
+            raise UserError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1).")
+        self.save_hyperparameters(logger=False)
+        self.tokenizer = load_tokenizer(tokenizer)
+        if objective == "mlm" and self.tokenizer.mask_token_id is None:
+            raise UserError(f"the tokenizer of {tokenizer} has no mask token: objective=mlm needs one ([MASK]).")
+        sizes = dict(vocab_size=len(self.tokenizer), block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                     n_inner=n_inner, dropout=dropout, attn_dropout=dropout, pad_token_id=self.tokenizer.pad_token_id)
+        if objective == "mlm":
+            self.net = BertForMaskedLM(BertConfig(**sizes))
+        else:  # GPTConfig's defaults are the GPT-2 layout; no classification head (fine-tuning adds a fresh one)
+            self.net = GPT(GPTConfig(**sizes, num_labels=0))
+        self.register_buffer("special_ids", torch.tensor(self.tokenizer.all_special_ids), persistent=False)
+        self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
+        self.last_val_step = -1
+
+    def targets(self, input_ids: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's input and the labels for a block of token ids (B, T)."""
+        if self.hparams.objective == "clm":
+            return input_ids, next_token_labels(input_ids)
+        special = torch.isin(input_ids, self.special_ids)
+        return mask_tokens(input_ids, special, self.tokenizer.mask_token_id, len(self.tokenizer), self.hparams.mask_prob, generator)
+
+    def step(self, input_ids: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Mean loss, correct predictions and the number of targets in a batch of blocks (B, T)."""
+        inputs, labels = self.targets(input_ids, generator)
+        chosen = labels != IGNORE  # (B, T)
+        x = self.net.hidden_states(inputs)  # (B, T, C); the blocks are full: no padding mask
+        logits = self.net.lm_logits(x[chosen]).float()  # (N, vocab): the LM head only where there is a target
+        targets = labels[chosen]  # (N,)
+        n = targets.numel()
+        loss = F.cross_entropy(logits, targets, reduction="sum") / max(n, 1)  # 0, not NaN, if nothing was masked
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss is {loss.item()} at step {self.global_step}: training diverged. "
+                "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
+            )
+        return loss, (logits.argmax(-1) == targets).sum(), n
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self.step(batch)  # masks from the global RNG, seeded by seed_everything
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # The same masks at every validation: val/loss then moves only because the model does.
+        self.val_rng = torch.Generator().manual_seed(0)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        loss, correct, n = self.step(batch, self.val_rng)
+        self.val_loss(loss, n)  # weighted by targets: a mean over tokens, not over batches
+        self.val_acc(correct / max(n, 1), n)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        self.log("val/token_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/ppl", torch.exp(self.val_loss.compute()), sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self.last_val_step = self.global_step
+
+    def configure_optimizers(self):
+        """AdamW without weight decay on biases and norms (BERT's recipe, as fine-tuning), a linear warmup over
+        warmup_ratio of trainer.max_steps, then a linear decay to 0 at the end of the budget."""
+        hp = self.hparams
+        params = [(p, p.ndim < 2 or "norm" in name.lower()) for name, p in self.named_parameters()]
+        groups = [{"params": [p for p, exempt in params if not exempt], "weight_decay": hp.weight_decay},
+                  {"params": [p for p, exempt in params if exempt], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas))
+        total = self.trainer.max_steps
+        warmup = int(hp.warmup_ratio * total)
+
+        def factor(step: int) -> float:  # the smaller of the rising and the falling line
+            return min((step + 1) / max(1, warmup), max(0.0, (total - step) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class RunThroughput(ThroughputLogger):
+    """ThroughputLogger counting over the whole run, not per epoch (a max_steps budget ends mid-epoch, and
+    a small corpus makes many short ones), and blocks rather than reviews: every token of a block is real.
+    `train/epoch_time_s` is then the training time so far."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)  # the counts start once
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        pass
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += len(batch)
+        self.tokens += batch.numel()
+
+
+@rank_zero_only
+def export(model: LanguageModel, folder: Path) -> Path:
+    """A Hugging Face folder: config.json, model.safetensors (HF names) and the tokenizer files.
+
+    Written into a temporary folder beside `folder` and renamed into place: a crash leaves no half export.
+    The tokenizer's length limit becomes block_size, the most positions the model has, so a fine-tune
+    asking for more stops with a clear error instead of indexing past the position table.
+    """
+    net, tokenizer = model.net, model.tokenizer
+    start, end = special_tokens(tokenizer)
+    architecture = "BertForMaskedLM" if model.hparams.objective == "mlm" else "GPT2LMHeadModel"
+    config = net.config.to_hf(architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
+    tokenizer.model_max_length = model.hparams.block_size
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        config.save_pretrained(tmp)
+        save_file({k: v.float().cpu().contiguous() for k, v in net.to_hf_state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():  # a rerun into the same folder: the old export goes only once the new one is complete
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Exported a Hugging Face %s to %s", architecture, folder)
+    return folder
+
+
+def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
+    """`objective=<unknown>` as one `error:` line and exit 2, like every other bad input. Hydra would
+    report the missing group option itself, over several lines, with exit status 1."""
+    choices = sorted(p.stem for p in choices_dir.glob("*.yaml"))
+    for arg in argv:
+        if arg.startswith("objective=") and arg.split("=", 1)[1] not in choices:
+            print(f"error: {arg}: unknown objective. Choose one of {', '.join(f'{k} ({OBJECTIVES[k]})' for k in choices)}.", file=sys.stderr)
+            sys.exit(2)
+
+
+def pretrain(cfg: DictConfig) -> dict:
+    """Pretrain for trainer.max_steps, validate at the end, export, and write metrics.json."""
+    if not cfg.trainer.get("max_steps") or cfg.trainer.max_steps < 1:
+        raise UserError(f"trainer.max_steps={cfg.trainer.get('max_steps')}: set the budget in steps, e.g. trainer.max_steps=2000.")
+    if cfg.model.block_size < cfg.data.block_size:
+        raise UserError(f"model.block_size={cfg.model.block_size} is below data.block_size={cfg.data.block_size}: set data.block_size, the model follows it.")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model: LanguageModel = hydra.utils.instantiate(cfg.model)
+    trainer = build_trainer(cfg)
+    total, _ = count_parameters(model)
+    log.info("Pretraining %s (%s): %.1fM parameters. Output: %s", cfg.model.objective, OBJECTIVES[cfg.model.objective], total / 1e6, cfg.paths.output_dir)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data),
+                                "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total})
+    trainer.fit(model, datamodule=datamodule)
+    metrics = {"params/total": total, **scalars(trainer.callback_metrics)}
+    if model.last_val_step != trainer.global_step:  # the budget did not end on a validation: the final figures
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        metrics.update(scalars(trainer.callback_metrics))
+    metrics["export"] = str(export(model, Path(cfg.paths.output_dir) / "export"))
+    write_metrics(metrics, cfg.paths.output_dir)
+    for name in ("val/loss", "val/ppl", "val/token_acc", "train/tokens_per_sec"):
+        log.info("%s: %.4f", name, metrics.get(name, math.nan))
+    return metrics
