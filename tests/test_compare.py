@@ -1,0 +1,283 @@
+"""`make compare`: every arm as a run of our own CLIs under one budget, and a report made only from their files."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_script, toy_reviews
+from sentiment.compare import ARMS
+from sentiment.compare_report import read_events, write_report
+from sentiment.errors import UserError
+
+HAS_PRETRAIN = (ROOT / "src" / "pretrain.py").exists()
+PRACTICAL = [a for a, arm in ARMS.items() if arm.part == "practical"]
+CONTROLLED = [a for a, arm in ARMS.items() if arm.part == "controlled"]
+# A few steps of each arm: 32 reviews in batches of 8, validated twice, every step logged.
+TINY = ["compare.train_size=32", "compare.val_size=16", "compare.batch_size=8", "compare.max_length=32", "compare.val_check_interval=0.5",
+        "compare.log_every_n_steps=1", "compare.pretrain.steps=4", "compare.pretrain.docs=100", "compare.heartbeat_s=2"]
+NUMBER_COLUMNS = {
+    # column -> (metrics.json key, scale): the cell must be that metric, as printed
+    "params": ("params/total", 1), "trainable": ("params/trainable", 1), "train samples/s": ("train/samples_per_sec", 1),
+    "tokens/s": ("train/tokens_per_sec", 1), "peak memory (MiB)": ("train/peak_memory_mb", 1), "held-out acc": ("test/acc", 100),
+    "F1": ("test/f1", 1), "val loss": ("val/loss", 1), "val ppl": ("val/ppl", 1), "token acc": ("val/token_acc", 100),
+}
+
+
+def list_override(key: str, values: list[str]) -> str:
+    """`key=["a=1","b=2"]`: Hydra parses list elements holding `=` only when quoted."""
+    return f"{key}=[" + ",".join(json.dumps(v) for v in values) + "]"
+
+
+def tiny_overrides(tiny_bert: str, tiny_gpt2: str, toy_csv: Path, tmp_path: Path, arms: list[str]) -> list[str]:
+    """The tiny fixtures for the practical arms, a tiny text file and model for pretraining (whose vocabulary is the
+    bundled BERT's), and the toy reviews for every fine-tune."""
+    text = tmp_path / "unlabeled.txt"
+    text.write_text("\n".join(toy_reviews(200, seed=3)[0]) + "\n")
+    weights = {"bert": tiny_bert, "bert_scratch": tiny_bert, "gpt": tiny_gpt2, "gpt_scratch": tiny_gpt2}
+    pretrain = [f"data.path={text}", "data.exclude_held_out=false", "data.block_size=32", "data.batch_size=8", "model.n_layer=1",
+                "model.n_head=2", "model.n_embd=32", "model.n_inner=64", "trainer.log_every_n_steps=1"]
+    return [
+        f"compare.arms=[{','.join(arms)}]", *TINY, f"hydra.run.dir={tmp_path / 'compare'}", f"compare.report_dir={tmp_path / 'reports'}",
+        list_override("compare.train_overrides", [f"data.path={toy_csv}"]), list_override("compare.pretrain.overrides", pretrain),
+        *(list_override(f"compare.arm_overrides.{arm}", [f"model.net.checkpoint={path}"]) for arm, path in weights.items() if arm in arms),
+    ]
+
+
+def parse_tables(text: str) -> list[list[dict[str, str]]]:
+    """The Markdown tables of a report, each as rows of {column: cell}."""
+    tables, rows, columns = [], [], None
+    for line in text.splitlines() + [""]:
+        if not line.startswith("|"):
+            if columns is not None:
+                tables.append(rows)
+            rows, columns = [], None
+        elif not re.fullmatch(r"\|(---\|)+", line):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if columns is None:
+                columns = cells
+            else:
+                rows.append(dict(zip(columns, cells)))
+    return tables
+
+
+def as_number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("%"))
+
+
+def check_tables(report: Path, folder: Path) -> list[list[dict[str, str]]]:
+    """Every row names a run of `folder`, every other cell is a number, and each metric cell is that run's metric."""
+    tables = parse_tables(report.read_text())
+    manifest = json.loads((folder / "compare.json").read_text())
+    for table in tables:
+        for row in table:
+            name = row["run"].strip("`")
+            metrics = json.loads((folder / name / "metrics.json").read_text())
+            for column, cell in row.items():
+                if column in ("run", "model", "weights", "layers x width"):  # names, not figures
+                    continue
+                value = as_number(cell)  # "n/a" or an empty cell fails here
+                if column in NUMBER_COLUMNS:
+                    key, scale = NUMBER_COLUMNS[column]
+                    assert value == pytest.approx(scale * metrics[key], rel=5e-3, abs=6e-3), (name, column)
+                elif column == "wall time (s)":
+                    assert value == pytest.approx(manifest["runs"][name]["wall_s"], rel=5e-3, abs=6e-3)
+    return tables
+
+
+def check_images(report: Path) -> list[str]:
+    names = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.read_text())
+    for name in names:
+        with Image.open(report.parent / name) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 100
+    return names
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tiny_bert, tiny_gpt2, tmp_path_factory):
+    """One tiny compare of every arm (the controlled ones when src/pretrain.py is here), for the tests below to read."""
+    from conftest import write_csv
+
+    tmp_path = tmp_path_factory.mktemp("compare")
+    toy_csv = write_csv(tmp_path / "toy.csv", *toy_reviews())
+    arms = PRACTICAL + (CONTROLLED if HAS_PRETRAIN else [])
+    started = time.perf_counter()
+    result = run_script("compare", *tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, tmp_path, arms))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return tmp_path / "compare", tmp_path / "reports" / "compare.md", arms, result, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_tiny_compare_reports_every_arm_from_its_files(tiny_compare):
+    folder, report, arms, result, _ = tiny_compare
+    text = report.read_text()
+    first = text.splitlines()[:2]
+    assert first[0].startswith("Generated by `python src/compare.py 'compare.arms=[") and re.search(r"on \d{4}-\d\d-\d\dT", first[0])
+    assert re.search(r"Machine: CPU .+, (no GPU|GPU .+), \d+ torch threads, torch \d", first[1])
+    tables = check_tables(report, folder)
+    rows = [row["run"].strip("`") for table in tables for row in table]
+    assert sorted(rows) == sorted(arms + ([f"pretrain_{o}" for o in ("mlm", "clm")] if HAS_PRETRAIN else []))
+    images = check_images(report)
+    assert "compare_practical_loss.png" in images and "compare_practical_accuracy.png" in images
+    if HAS_PRETRAIN:
+        assert {"compare_controlled_loss.png", "compare_controlled_accuracy.png", "compare_pretraining_loss.png"} <= set(images)
+    for arm in arms:  # each arm's output streamed to its own log, its progress to the console
+        assert (folder / arm / "output.log").read_text().startswith(f"$ python src/train.py model={ARMS[arm].model}")
+        assert f"] {arm} (" in result.stdout + result.stderr
+    summary = EventAccumulator(str(folder / "summary"), size_guidance={"images": 0, "tensors": 0})
+    summary.Reload()
+    assert "compare/practical_accuracy" in summary.Tags()["images"]
+    assert any(tag.startswith("compare/report") for tag in summary.Tags()["tensors"])  # the text plugin's tag
+
+
+@pytest.mark.slow
+def test_every_arm_ran_under_the_same_budget(tiny_compare):
+    folder, _, arms, _, _ = tiny_compare
+    manifest = json.loads((folder / "compare.json").read_text())
+    budgets = set()
+    for arm in arms:
+        args = shlex.split(manifest["runs"][arm]["command"])
+        budgets.add(tuple(a for a in args if a.startswith(("data.", "model.lr", "model.warmup", "trainer.", "++trainer.", "seed="))))
+        config = (folder / arm / ".hydra" / "config.yaml").read_text()
+        assert "train_size: 32" in config and "batch_size: 8" in config and "max_length: 32" in config
+    assert len(budgets) == 1, budgets
+
+
+@pytest.mark.slow
+def test_report_only_rebuilds_the_same_tables(tiny_compare, tmp_path):
+    folder, report, _, _, _ = tiny_compare
+    result = run_script("compare", f"report_only={folder}", f"compare.report_dir={tmp_path}", f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = (tmp_path / "compare.md").read_text()
+    assert "Report re-generated from those files by `python src/compare.py report_only=" in again
+    assert parse_tables(again) == parse_tables(report.read_text())
+    assert check_images(tmp_path / "compare.md")
+    assert not (tmp_path / "logs" / "compare" / "runs").exists() or not any((tmp_path / "logs" / "compare" / "runs").iterdir())
+
+
+def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny_bert, tiny_gpt2, toy_csv, tmp_path):
+    overrides = tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, tmp_path, ["bert", "gpt"])
+    result = run_script("compare", *overrides, list_override("compare.arm_overrides.bert", ["data.max_length=4"]))
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: arm bert failed (exit 2)") and "data.max_length=4 is below 8" in error
+    log = Path(error.split("Its log: ")[1])
+    assert log == tmp_path / "compare" / "bert" / "output.log" and "data.max_length=4" in log.read_text()
+    assert not (tmp_path / "compare" / "gpt").exists()  # it stopped at the failure
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compare.arms=[bert,bret]", "error: compare.arms=[bert,bret]: unknown bret. Choose from bert, bert_scratch"),
+    ("compare.arms=[]", "error: compare.arms=[]: empty."),
+    ("report_only=/nonexistent", "error: report_only=/nonexistent: not a compare folder (no compare.json)."),
+])
+def test_bad_options_are_one_error_line_and_leave_nothing(override, message, tmp_path):
+    result = run_script("compare", override, f"paths.log_dir={tmp_path}", f"compare.report_dir={tmp_path / 'reports'}")
+    assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr[-2000:]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_full_wants_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: full=true would start a whole-data compare")
+    result = run_script("compare", "full=true", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2 and "full=true" in result.stderr and "wants a GPU" in result.stderr
+
+
+def test_dry_run_gives_every_arm_one_budget_and_the_controls_random_weights(tmp_path):
+    result = run_script("compare", "compare.dry_run=true", "full=false", f"paths.log_dir={tmp_path}", "compare.pretrain.steps=7")
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = dict(line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line))
+    assert list(commands) == PRACTICAL + ["pretrain_mlm", "pretrain_clm"] + CONTROLLED
+    budget = "data.train_size=2000 data.val_size=500 data.batch_size=16 data.max_length=128 model.lr=5e-05 model.warmup_ratio=0.1 trainer.max_epochs=1"
+    for arm in PRACTICAL + CONTROLLED:
+        assert commands[arm].startswith(f"python src/train.py model={ARMS[arm].model} ") and budget in commands[arm]
+    for objective in ("mlm", "clm"):
+        assert f"objective={objective} trainer.max_steps=7 " in commands[f"pretrain_{objective}"]
+    assert "pretrain_mlm/export " in commands["bert_mlm"] and "pretrained=false" not in commands["bert_mlm"]
+    assert "pretrain_clm/export model.net.pretrained=false " in commands["gpt_random"]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # a dry run leaves no folder
+
+
+# -- the report writer alone, on synthetic runs ------------------------------------------------------------------
+
+
+def fake_run(folder: Path, name: str, metrics: dict, curves: dict[str, list[float]]) -> None:
+    """A run folder as src/train.py or src/pretrain.py leaves it: metrics.json and TensorBoard scalars, one a second."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = folder / name
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    writer = SummaryWriter(log_dir=str(run / "tensorboard" / "version_0"))
+    start = time.time()
+    for tag, values in curves.items():
+        for step, value in enumerate(values):
+            writer.add_scalar(tag, value, step * 10, walltime=start + step)
+    writer.close()
+
+
+def fake_compare(folder: Path) -> dict:
+    runs, expected = {}, {}
+    for i, name in enumerate(PRACTICAL + CONTROLLED):
+        metrics = {"params/total": 1000 * (i + 1), "params/trainable": 900 * (i + 1), "train/samples_per_sec": 10.5 + i,
+                   "train/tokens_per_sec": 1234.0 + i, "train/peak_memory_mb": 512.0 + i, "test/acc": 0.6 + i / 100, "test/f1": 0.55 + i / 100}
+        fake_run(folder, name, metrics, {"train/loss": [0.7, 0.6, 0.5 - i / 100], "val/acc": [0.5, 0.6 + i / 100], "train/epoch_time_s": [3.0]})
+        runs[name] = {"script": "train", "part": ARMS[name].part, "description": ARMS[name].description, "command": f"python src/train.py model={name}", "wall_s": 20.0 + i}
+        expected[name] = metrics
+    for objective in ("mlm", "clm"):
+        metrics = {"params/total": 5000, "val/loss": 6.5, "val/ppl": 665.1, "val/token_acc": 0.123, "train/samples_per_sec": 40.0,
+                   "train/tokens_per_sec": 5120.0, "train/peak_memory_mb": 800.0}
+        fake_run(folder, f"pretrain_{objective}", metrics, {"train/loss": [10.0, 8.0, 7.0], "val/loss": [6.5]})
+        runs[f"pretrain_{objective}"] = {"script": "pretrain", "part": "pretraining", "description": objective, "objective": objective,
+                                         "command": f"python src/pretrain.py objective={objective}", "wall_s": 30.0}
+    budget = dict(train_size=32, val_size=16, batch_size=8, lr=5e-5, warmup_ratio=0.1, epochs=1, max_length=32, seed=1,
+                  val_check_interval=0.5, log_every_n_steps=1, pretrain_steps=20, pretrain_docs=None)
+    machine = dict(cpu="Test CPU", cpu_count=2, gpu=None, threads=2, torch="2.x", python="3.x", host="h")
+    manifest = {"command": "python src/compare.py compare.arms=[...]", "date": "2026-01-02T03:04:05+00:00", "machine": machine,
+                "full": False, "budget": budget, "runs": runs}
+    (folder / "compare.json").write_text(json.dumps(manifest))
+    return expected
+
+
+def test_report_writer_on_synthetic_runs(tmp_path):
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    expected = fake_compare(folder)
+    (reports).mkdir()
+    (reports / "compare_gone_loss.png").write_bytes(b"stale")  # a plot no part of this report makes
+    report = write_report(folder, reports)
+    text = report.read_text()
+    assert text.startswith("Generated by `python src/compare.py compare.arms=[...]` on 2026-01-02T03:04:05+00:00")
+    assert "Machine: CPU Test CPU (2 cores), no GPU, 2 torch threads, torch 2.x" in text
+    practical, pretraining, controlled = check_tables(report, folder)
+    assert [r["run"] for r in practical] == [f"`{a}`" for a in PRACTICAL] and [r["run"] for r in controlled] == [f"`{a}`" for a in CONTROLLED]
+    assert [r["steps"] for r in pretraining] == ["20", "20"]  # the last step logged
+    assert practical[0]["train time (s)"] == "3.00" and practical[0]["wall time (s)"] == "20.0"
+    gain = 100 * (expected["bert_mlm"]["test/acc"] - expected["bert_random"]["test/acc"])
+    assert f"what MLM pretraining buys our BERT: `bert_mlm` 64.00% vs `bert_random` 66.00% held-out ({gain:+.2f} points)" in text
+    assert sorted(check_images(report)) == sorted(p.name for p in reports.glob("*.png"))  # and the stale one is gone
+    assert len(list(reports.iterdir())) == 6  # the report and its five plots, no temporary files
+    points = read_events(folder / "bert")["val/acc"]
+    assert [step for step, _, _ in points] == [0, 10] and 0 <= points[1][1] - points[0][1] == pytest.approx(1, abs=0.01)
+
+
+def test_report_writer_refuses_an_unfinished_compare_and_keeps_the_old_report(tmp_path):
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    fake_compare(folder)
+    write_report(folder, reports)
+    before = {p.name: p.read_bytes() for p in reports.iterdir()}
+    (folder / "gpt" / "metrics.json").unlink()
+    with pytest.raises(UserError, match="run gpt has no metrics.json"):
+        write_report(folder, reports)
+    assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
