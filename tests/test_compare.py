@@ -210,6 +210,26 @@ def test_dry_run_gives_every_arm_one_budget_and_the_controls_random_weights(tmp_
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # a dry run leaves no folder
 
 
+def test_every_planned_command_composes_with_the_configs(tmp_path, monkeypatch):
+    """Each dry-run command's overrides, the defaults included, compose into its script's config (a key missing from
+    a config would otherwise fail only when that arm starts, maybe an hour into a compare)."""
+    from hydra import compose, initialize_config_dir
+
+    from sentiment import pipeline  # noqa: F401  (registers the config resolvers)
+
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
+    result = run_script("compare", "compare.dry_run=true", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line)]
+    assert len(commands) == len(ARMS) + 2
+    for command in commands:
+        script, *overrides = shlex.split(command)[1:]
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(Path(script).stem, overrides=[o for o in overrides if not o.startswith("hydra.")])
+        if script.endswith("train.py"):
+            assert cfg.callbacks.model_checkpoint.save_weights_only is True and cfg.data.batch_size == 16
+
+
 # -- the report writer alone, on synthetic runs ------------------------------------------------------------------
 
 

@@ -191,7 +191,7 @@ def last_error(output: str) -> str:
     """The line of a failed run's output that says what went wrong: its `error:` line, else the last one that is
     not one of Hydra's hints (for a traceback, that is the exception)."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
+    errors = [line for line in lines if line.startswith(("error: ", "Could not override"))]  # ours, Hydra's
     hints = ("Set the environment variable HYDRA_FULL_ERROR", "See https://hydra.cc")
     return (errors or [line for line in lines if not line.startswith(hints)] or [""])[-1]
 
