@@ -184,6 +184,30 @@ def test_length_grouping_keeps_the_partial_batch_last():
     assert len(tail) == 4 and all(max(full[b : b + 8]) - min(full[b : b + 8]) == 7 for b in range(0, 96, 8))
 
 
+def test_grouped_batches_split_across_ranks_are_the_one_process_batches():
+    """Under DDP each step's reviews, over both ranks, are the batch one process takes at twice the batch size."""
+    from torch.utils.data import DistributedSampler
+
+    from sentiment.data.datamodule import ResumableSampler
+
+    data, lengths = list(range(1000)), torch.randint(10, 300, (1000,), generator=torch.Generator().manual_seed(0))
+    for epoch in range(2):
+        single = ResumableSampler(data, 1, 0, seed=7, batch_size=16, lengths=lengths)
+        single.set_epoch(epoch)
+        one = list(single)
+        plain = DistributedSampler(data, 1, 0, shuffle=True, seed=7)
+        plain.set_epoch(epoch)
+        assert one == group_by_length(list(plain), lengths.tolist(), 16, torch.Generator().manual_seed(7 + epoch + 1))
+        ranks = []
+        for rank in range(2):
+            sampler = ResumableSampler(data, 2, rank, seed=7, batch_size=8, lengths=lengths)
+            sampler.set_epoch(epoch)
+            ranks.append(list(sampler))
+        assert len(ranks[0]) == len(ranks[1]) == 500 and sorted(ranks[0] + ranks[1]) == data
+        for i in range(0, 500, 8):
+            assert sorted(ranks[0][i : i + 8] + ranks[1][i : i + 8]) == sorted(one[2 * i : 2 * i + 16])
+
+
 def test_left_padding_puts_pads_first():
     collate = PadCollator(pad_token_id=0, padding_side="left")
     batch = collate([(torch.tensor([5, 6, 7]), 1), (torch.tensor([8]), 0)])

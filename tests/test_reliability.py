@@ -414,8 +414,10 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_bert_no_dropout, workdir):
     got, expected = metrics_of(run), metrics_of(only_run(single_logs))
     for key in ("val/acc", "test/acc"):
         assert got[key] == expected[key], key
+    # Losses to 5e-4: each rank pads its half batch to its own width, and one process sorts its evaluation batches
+    # by length while the ranks do not; in bf16 a review's logits move slightly with its batch's padded width.
     for key in ("val/loss", "test/loss", "train/loss_epoch"):
-        assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+        assert got[key] == pytest.approx(expected[key], abs=5e-4), key
 
 
 # --- offline ------------------------------------------------------------------------------------------------

@@ -57,12 +57,30 @@ class ResumableSampler(DistributedSampler):
         self.skip, self.batch_size, self.lengths = skip, batch_size, lengths
 
     def __iter__(self):
-        indices = list(super().__iter__())
         if self.lengths is not None and self.batch_size:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch + 1)
-            indices = group_by_length(indices, self.lengths.tolist(), self.batch_size, generator)
+            indices = self.grouped_share()
+        else:
+            indices = list(super().__iter__())
         skip, self.skip = self.skip, 0  # only the epoch in progress at the checkpoint is partial
         return iter(indices[skip:])
+
+    def grouped_share(self) -> list[int]:
+        """This rank's part of length-grouped global batches (batch_size x replicas reviews each).
+
+        Grouping the whole shuffled epoch and then cutting each global batch across the ranks keeps step i's
+        reviews, over all ranks, the batch one process would train on at batch_size x replicas.
+        """
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # DistributedSampler's shuffle ...
+        order += (order * math.ceil(self.total_size / len(order)))[: self.total_size - len(order)]  # ... and padding
+        span = self.batch_size * self.num_replicas
+        grouped = group_by_length(order, self.lengths.tolist(), span, torch.Generator().manual_seed(self.seed + self.epoch + 1))
+        share = []
+        for start in range(0, len(grouped), span):
+            chunk = grouped[start : start + span]
+            per = len(chunk) // self.num_replicas  # the last chunk is partial; total_size divides evenly
+            share += chunk[self.rank * per : (self.rank + 1) * per]
+        return share
 
 
 def group_by_length(indices: list[int], lengths: list[int], batch_size: int, generator: torch.Generator, window: int = 64) -> list[int]:
