@@ -296,11 +296,16 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile (minutes of compiling on a CPU)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for our arms, e.g. data.num_workers=0")
     parser.add_argument("--no-cudnn-attention", action="store_true", help="SDPA without its cuDNN backend (GPU)")
+    parser.add_argument("--math-attention", action="store_true", help="SDPA's plain math kernel only, in every arm")
     parser.add_argument("--arms", nargs="+", default=["classic", "hf-trainer", "ours", "ours-trainer-settings"])
     args = parser.parse_args()
     extra_overrides.extend(args.override)
     if args.no_cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)
+    if args.math_attention:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        sdpa_kernel([SDPBackend.MATH]).__enter__()  # for the whole run
     import transformers
 
     transformers.logging.set_verbosity_error()
