@@ -41,7 +41,7 @@ train-gpt: $(STAMP)  ## fine-tune the bundled SmolLM2-135M decoder (add ARGS="da
 pretrain: $(STAMP)  ## pretrain our BERT from random init on the review text: make pretrain ARGS="objective=clm" for our GPT
 	$(PY) src/pretrain.py $(ARGS)
 
-compare: $(STAMP)  ## BERT vs GPT under one budget (~1 h on 2 CPU cores): reports/compare.md and its plots
+compare: $(STAMP)  ## BERT vs GPT under one budget (32 min on 2 CPU cores): reports/compare.md and its plots
 	$(PY) src/compare.py $(ARGS)
 
 test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights)
@@ -60,7 +60,7 @@ sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS
 	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
 		data.train_size=$(TRAIN_SIZE) data.val_size=$(VAL_SIZE) $(ARGS)
 
-bench: $(STAMP)  ## tokenization, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF (~15 min)
+bench: $(STAMP)  ## tokenization, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF (~9 min on 2 CPU cores)
 	$(PY) bench/bench_tokenize.py
 	$(PY) bench/bench_train.py $(ARGS)
 	$(PY) bench/bench_models.py
