@@ -54,11 +54,7 @@ class SentimentClassifier(L.LightningModule):
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"]).float()
         loss = F.cross_entropy(logits, batch["labels"])
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss is {loss.item()} at step {self.global_step}: training diverged. "
-                "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
-            )
+        check_finite(loss, self.global_step)
         return loss, logits.argmax(dim=-1)
 
     def on_train_start(self) -> None:
@@ -132,12 +128,7 @@ class SentimentClassifier(L.LightningModule):
     def configure_optimizers(self):
         """AdamW with weight decay on weights only: never on biases or normalisation gains (BERT's recipe)."""
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas), fused=self._fused or None)
+        optimizer = torch.optim.AdamW(weight_decay_groups(self, hp.weight_decay), lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas), fused=self._fused or None)
         if hp.schedule == "constant" and hp.warmup_ratio == 0:
             return optimizer
         total = max(1, self.trainer.estimated_stepping_batches)
@@ -150,6 +141,24 @@ class SentimentClassifier(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Stops a run whose loss is NaN or infinite, naming the step and the fixes."""
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"the loss is {loss.item()} at step {step}: training diverged. "
+            "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
+        )
+
+
+def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: decay on weights only, never on biases or normalisation gains (BERT's recipe)."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def count_parameters(module: torch.nn.Module) -> tuple[int, int]:

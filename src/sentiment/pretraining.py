@@ -27,11 +27,11 @@ from torchmetrics import MeanMetric
 
 from sentiment.callbacks import ThroughputLogger
 from sentiment.data.tokenize import special_tokens
-from sentiment.errors import TrainingDiverged, UserError
+from sentiment.errors import UserError
 from sentiment.models.bert import BertConfig, BertForMaskedLM
 from sentiment.models.gpt import GPT, GPTConfig
 from sentiment.models.hf import load_tokenizer
-from sentiment.module import count_parameters
+from sentiment.module import check_finite, count_parameters, weight_decay_groups
 from sentiment.pipeline import build_trainer, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,7 @@ class LanguageModel(L.LightningModule):
         targets = labels[chosen]  # (N,)
         n = targets.numel()
         loss = F.cross_entropy(logits, targets, reduction="sum") / max(n, 1)  # 0, not NaN, if nothing was masked
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss is {loss.item()} at step {self.global_step}: training diverged. "
-                "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
-            )
+        check_finite(loss, self.global_step)
         return loss, (logits.argmax(-1) == targets).sum(), n
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -157,10 +153,7 @@ class LanguageModel(L.LightningModule):
         """AdamW without weight decay on biases and norms (BERT's recipe, as fine-tuning), a linear warmup over
         warmup_ratio of trainer.max_steps, then a linear decay to 0 at the end of the budget."""
         hp = self.hparams
-        params = [(p, p.ndim < 2 or "norm" in name.lower()) for name, p in self.named_parameters()]
-        groups = [{"params": [p for p, exempt in params if not exempt], "weight_decay": hp.weight_decay},
-                  {"params": [p for p, exempt in params if exempt], "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas))
+        optimizer = torch.optim.AdamW(weight_decay_groups(self, hp.weight_decay), lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas))
         total = self.trainer.max_steps
         warmup = int(hp.warmup_ratio * total)
 
