@@ -11,11 +11,15 @@ training split), with the same batch, AdamW (lr 2e-5, eps 1e-8), gradient clippi
 - classic: the classic recipe's loop: every review padded to max_length, fp32, plain PyTorch;
 - hf-trainer: `transformers.Trainer` with its own defaults (random batches padded per batch by
   `DataCollatorWithPadding`) at our precision (bf16 autocast where the CPU has it);
-- ours: `src/train.py model=bert`'s defaults through Lightning (length-grouped batches, attention
-  dropout off, fused AdamW, same precision);
-- ours-trainer-settings: ours with the Trainer's settings (random batches, the checkpoint's attention
-  dropout 0.1; fused AdamW, the Trainer's default since transformers 5): what is left when only the framework
-  differs.
+- ours-trainer-settings: ours (below) with the Trainer's settings (random batches, the checkpoint's attention
+  dropout 0.1, transformers' SDPA attention, glibc's default allocator; fused AdamW, the Trainer's default
+  since transformers 5): what is left when only the framework differs;
+- ours: `src/train.py model=bert`'s defaults through Lightning (length-grouped batches, attention dropout
+  off, matmul attention on a CPU, freed memory kept for the next step, fused AdamW, same precision);
+- ours-compile (--compile): ours with `compile=true`.
+
+The arms run in this order in one process, whatever order --arms names them in: `ours` is the first to keep
+freed memory (`sentiment.host.keep_freed_memory`), a process-wide setting the arms after it inherit.
 
 Each arm's clock runs from its `warmup`-th step to the end of its last, data loading included. Figures:
 samples/s, real (non-pad) tokens/s, and utilisation: the FLOPs of the measured steps (counted by torch's
@@ -36,9 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from common import RESULTS, ROOT, best_of, save
+from sentiment.host import keep_freed_memory
 from sentiment.models.hub import resolve_checkpoint
 
 LR, EPS, CLIP = 2e-5, 1e-8, 1.0
+ARMS = ["classic", "hf-trainer", "ours-trainer-settings", "ours", "ours-compile"]  # the order they run in
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 extra_overrides: list[str] = []  # --override
 
@@ -231,8 +237,9 @@ def hf_trainer(model, data, tokenizer, window: Window, batch_size: int, seed: in
         Trainer(model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=[Clock()]).train()
 
 
-def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window: Window, batch_size: int, seed: int, overrides: list[str], compile: bool) -> None:
-    """`src/train.py model=bert` as configured in conf/, with only the run length and outputs changed."""
+def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window: Window, batch_size: int, seed: int, overrides: list[str], compile: bool, host: bool = True) -> None:
+    """`src/train.py model=bert` as configured in conf/, with only the run length and outputs changed.
+    `host`: as its entry point does, keep freed memory (`sentiment.pipeline.cli`)."""
     import tempfile
 
     import hydra
@@ -263,6 +270,8 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
 
         profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else []))
 
+    if host:
+        keep_freed_memory()
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"), tempfile.TemporaryDirectory() as out:
         cfg = compose("train", overrides=[
@@ -297,16 +306,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile (minutes of compiling on a CPU)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for our arms, e.g. data.num_workers=0")
     parser.add_argument("--no-cudnn-attention", action="store_true", help="SDPA without its cuDNN backend (GPU)")
-    parser.add_argument("--math-attention", action="store_true", help="SDPA's plain math kernel only, in every arm")
-    parser.add_argument("--arms", nargs="+", default=["classic", "hf-trainer", "ours", "ours-trainer-settings"])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS[:4], help="run in this order, whatever the order given")
+    parser.add_argument("--glibc-default-malloc", action="store_true", help="ours without keep_freed_memory (the allocator's switch)")
     args = parser.parse_args()
     extra_overrides.extend(args.override)
     if args.no_cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)
-    if args.math_attention:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        sdpa_kernel([SDPBackend.MATH]).__enter__()  # for the whole run
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -317,7 +322,7 @@ def main() -> None:
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"GEMM peak ({where}): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; training precision {'bf16-mixed' if bf16 else 'fp32'}", flush=True)
-    arms = list(args.arms) + (["ours-compile"] if args.compile else [])
+    arms = [arm for arm in ARMS if arm in args.arms or (arm == "ours-compile" and args.compile)]
     checkpoint = args.checkpoint
     if checkpoint == "bert-base-shape":
         checkpoint, args.random_init = bert_base_shape(), True
@@ -340,13 +345,11 @@ def main() -> None:
                     hf_trainer(classifier(checkpoint, args.random_init), data, tokenizer, window, args.batch_size, args.seed, bf16)
                 elif arm in ("ours", "ours-compile"):
                     ours(checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed, [],
-                         compile=arm == "ours-compile")
-                elif arm == "ours-trainer-settings":
-                    settings = ["model.net.attn_dropout=null", "data.group_by_length=false"]  # the Trainer fuses AdamW too
+                         compile=arm == "ours-compile", host=not args.glibc_default_malloc)
+                else:  # ours-trainer-settings; the Trainer fuses AdamW too
+                    settings = ["model.net.attn_dropout=null", "data.group_by_length=false", "model.net.attention=sdpa"]
                     ours(checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed, settings,
-                         compile=False)
-                else:
-                    raise SystemExit(f"error: unknown arm {arm}; choose from classic hf-trainer ours ours-trainer-settings")
+                         compile=False, host=False)
             figures[arm] = window.figures(flops, peak)
             f = figures[arm]
             print(f"  {max_length:>4} {arm:<22} {f['samples_per_sec']:7.1f} samples/s {f['tokens_per_sec']:8.0f} tokens/s  "

@@ -25,6 +25,7 @@ from sentiment.checkpoints import newest_checkpoint, resume_checkpoint
 from sentiment.data import tokenize
 from sentiment.data.datamodule import IMDBDataModule
 from sentiment.errors import TrainingDiverged, UserError
+from sentiment.host import keep_freed_memory
 from sentiment.models.hf import load_tokenizer
 from sentiment.module import SentimentClassifier, count_parameters
 
@@ -53,10 +54,12 @@ OmegaConf.register_new_resolver("on_gpu", lambda: torch.cuda.is_available(), rep
 
 
 def cli(task):
-    """Wraps an entry point: a UserError prints one line and exits 2 (the traceback only with HYDRA_FULL_ERROR=1)."""
+    """Wraps an entry point: a UserError prints one line and exits 2 (the traceback only with HYDRA_FULL_ERROR=1).
+    The run keeps the memory it frees for its next step (`host.keep_freed_memory`)."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
+        keep_freed_memory()
         try:
             return task(cfg)
         except Exception as err:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentiment.errors import UserError
+from sentiment.models.attention import check_choice, scaled_dot_product_attention
 from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config, unmap
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}  # HF hidden_act -> ours
@@ -39,8 +40,10 @@ class BertConfig:
     num_labels: int = 2
     pad_token_id: int | None = 0  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
+    attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
 
     def __post_init__(self):
+        check_choice(self.attention)
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}.")
         if self.activation not in ("gelu", "gelu_tanh"):
@@ -100,6 +103,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout = config.attn_dropout
+        self.attend = scaled_dot_product_attention if config.attention == "auto" else F.scaled_dot_product_attention
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)  # HF query, key, value stacked
         self.dense = nn.Linear(config.n_embd, config.n_embd)
 
@@ -110,7 +114,7 @@ class SelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hs)
+        y = self.attend(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.dense(y)
 

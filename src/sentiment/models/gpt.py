@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentiment.errors import UserError
+from sentiment.models.attention import check_choice, scaled_dot_product_attention
 from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config, unmap
 
 # GPT-2 stores these projections as Conv1D, (in, out): nn.Linear's weight is (out, in).
@@ -56,8 +57,10 @@ class GPTConfig:
     num_labels: int = 2  # 0: no classification head
     pad_token_id: int | None = None  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
+    attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
 
     def __post_init__(self):
+        check_choice(self.attention)
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.n_inner = self.n_inner or 4 * self.n_embd
@@ -150,6 +153,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.attn_dropout = config.attn_dropout
+        self.attend = scaled_dot_product_attention if config.attention == "auto" else F.scaled_dot_product_attention
         q_size, kv_size = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
         self.c_attn = nn.Linear(config.n_embd, q_size + 2 * kv_size, bias=config.bias)  # q, k, v stacked
         self.c_proj = nn.Linear(q_size, config.n_embd, bias=config.bias)
@@ -164,7 +168,7 @@ class CausalSelfAttention(nn.Module):
             qk = apply_rotary(qk, *rope)  # queries and keys in one pass
         q, k = qk.split((nh, nkv), dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
-        y = F.scaled_dot_product_attention(
+        y = self.attend(
             q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,  # shares each k/v head without materialising copies
         )  # (B, nh, T, hs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from sentiment.models.attention import check_choice, register_with_transformers
 from sentiment.models.hub import from_pretrained
 
 # The "newly initialised: classifier.weight" report is expected when fine-tuning; keep real errors only.
@@ -24,12 +25,17 @@ def load_tokenizer(checkpoint: str):
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
 
 
-def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True, attn_dropout: float | None = None):
+def build_classifier(
+    checkpoint: str, num_labels: int = 2, pretrained: bool = True, attn_dropout: float | None = None, attention: str = "auto"
+):
     """A sequence classifier on `checkpoint`: BERT pools `[CLS]`, decoders read the last non-pad token.
 
     `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
-    replaces the checkpoint's attention dropout (None keeps it); the same key sets it on our own models.
+    replaces the checkpoint's attention dropout (None keeps it). `attention`: auto (matmul attention on a CPU,
+    SDPA on a GPU: `sentiment.models.attention`) or sdpa (transformers' own SDPA everywhere). The same two keys
+    set our own models.
     """
+    implementation = register_with_transformers() if check_choice(attention) == "auto" else "sdpa"
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
     config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
     if attn_dropout is not None:
@@ -37,5 +43,5 @@ def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = Tr
             if hasattr(config, field):
                 setattr(config, field, attn_dropout)
     if not pretrained:
-        return AutoModelForSequenceClassification.from_config(config)
-    return from_pretrained(AutoModelForSequenceClassification, checkpoint, config=config)
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation=implementation)
+    return from_pretrained(AutoModelForSequenceClassification, checkpoint, config=config, attn_implementation=implementation)

@@ -1,0 +1,82 @@
+"""Scaled dot-product attention with the contract of `F.scaled_dot_product_attention`, fast on CPUs too.
+
+On a GPU it is PyTorch's SDPA (flash, cuDNN or memory-efficient kernels). On a CPU, SDPA picks its fused
+flash kernel, whose backward pass is slow for the small heads of these models (32-64 wide): for MiniLM's
+(32, 12, T, 32) batch it takes 60 ms per layer at T=128 against 14 ms for two batched matmuls and a softmax
+in bf16 (`bench/bench_attention.py`), and it stays slower up to T=512 once large tensors stop paying for
+fresh pages (`sentiment.host.keep_freed_memory`). So on a CPU the scores are materialised:
+softmax(q kᵀ · scale + mask) v. `attention="sdpa"` (`model.net.attention`) keeps PyTorch's choice everywhere.
+
+The Hugging Face models use it too: `hf_attention` is registered with transformers' `AttentionInterface` as
+`attn_implementation="sentiment"`, with SDPA's boolean masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sentiment.errors import UserError
+
+ATTENTION_CHOICES = ("auto", "sdpa")  # auto: matmuls on a CPU, SDPA elsewhere; sdpa: PyTorch's SDPA everywhere
+
+
+def check_choice(attention: str) -> str:
+    if attention not in ATTENTION_CHOICES:
+        raise UserError(f"attention={attention}: choose auto (matmul attention on a CPU, SDPA on a GPU) or sdpa.")
+    return attention
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """`F.scaled_dot_product_attention`'s arguments and result, (B, nh, T, hs); on a CPU, the matmul path."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+    return matmul_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def matmul_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """softmax(q kᵀ · scale + mask) v in the inputs' dtype. A boolean mask marks the keys a query may see."""
+    if enable_gqa and k.size(1) != q.size(1):  # each k/v head serves n_head / n_kv_head query heads
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, nh, T, S); scaling q is T x hs multiplies, not T x S
+    hidden = torch.finfo(scores.dtype).min  # not -inf: a query that may see no key gets uniform weights, not NaN
+    if is_causal:
+        T, S = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1), hidden)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(attn_mask.logical_not(), hidden)
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v  # (B, nh, T, hs)
+
+
+def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention-function contract (see its `sdpa_attention_forward`): (B, T, nh, hs) out."""
+    if query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = query.size(2) > 1 and attention_mask is None and is_causal
+    y = matmul_attention(query, key, value, attention_mask, dropout, is_causal, scaling, enable_gqa=key.size(1) != query.size(1))
+    return y.transpose(1, 2).contiguous(), None
+
+
+def register_with_transformers() -> str:
+    """Makes `attn_implementation="sentiment"` mean `hf_attention`, with the boolean masks SDPA gets."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register("sentiment", hf_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sentiment", sdpa_mask)
+    return "sentiment"

@@ -1,0 +1,131 @@
+"""The CPU attention path computes what PyTorch's SDPA computes, values and gradients, for every mask it is given."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sentiment.errors import UserError
+from sentiment.models.attention import matmul_attention, scaled_dot_product_attention
+
+
+def qkv(B=3, nh=4, T=9, hs=8, nkv=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(B, nh, T, hs), (B, nkv or nh, T, hs), (B, nkv or nh, T, hs)]
+    return [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+
+def key_padding(B=3, T=9):
+    lengths = torch.tensor([T, T - 3, 2])[:B]
+    return (torch.arange(T)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, T)
+
+
+def outputs_and_grads(attention, q, k, v, **kwargs):
+    y = attention(q, k, v, **kwargs)
+    grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(), (q, k, v))
+    return y, grads
+
+
+CASES = {
+    "no mask": {},
+    "key padding": {"attn_mask": key_padding()},
+    "causal": {"is_causal": True},
+    "causal and left padding": {"attn_mask": torch.ones(9, 9, dtype=torch.bool).tril() & key_padding().flip(-1) | torch.eye(9, dtype=torch.bool)},
+    "float bias": {"attn_mask": torch.randn(3, 1, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))},
+    "scale": {"scale": 0.3},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matmul_attention_matches_sdpa(case):
+    kwargs = CASES[case]
+    y, grads = outputs_and_grads(matmul_attention, *qkv(), **kwargs)
+    y_ref, grads_ref = outputs_and_grads(F.scaled_dot_product_attention, *qkv(), **kwargs)
+    torch.testing.assert_close(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_grouped_query_heads_match_sdpa():
+    y, grads = outputs_and_grads(matmul_attention, *qkv(nh=6, nkv=2), is_causal=True, enable_gqa=True)
+    y_ref, grads_ref = outputs_and_grads(F.scaled_dot_product_attention, *qkv(nh=6, nkv=2), is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(y, y_ref)
+    assert grads[1].shape == (3, 2, 9, 8)  # the k gradient sums over the query heads sharing each k head
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_dropout_drops_attention_weights_only_when_asked():
+    q, k, v = qkv()
+    torch.testing.assert_close(matmul_attention(q, k, v, dropout_p=0.0), matmul_attention(q, k, v))
+    torch.manual_seed(0)
+    dropped = matmul_attention(q, k, v, dropout_p=0.5)
+    assert not torch.allclose(dropped, matmul_attention(q, k, v))
+
+
+def test_cpu_tensors_take_the_matmul_path(monkeypatch):
+    """On a CPU the dispatcher must not reach PyTorch's SDPA: that is the slow fused kernel being avoided."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("F.scaled_dot_product_attention was called on a CPU tensor")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", fail)
+    q, k, v = qkv()
+    assert scaled_dot_product_attention(q, k, v, attn_mask=key_padding()).shape == (3, 4, 9, 8)
+
+
+def test_library_and_own_models_take_the_attention_setting(tiny_bert, tiny_gpt2):
+    from sentiment.models import bert, gpt, hf
+
+    auto, sdpa = hf.build_classifier(tiny_bert), hf.build_classifier(tiny_bert, attention="sdpa")
+    assert (auto.config._attn_implementation, sdpa.config._attn_implementation) == ("sentiment", "sdpa")
+    sdpa.load_state_dict(auto.state_dict())
+    ids = torch.randint(1000, 2000, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(auto.eval()(input_ids=ids, attention_mask=mask).logits, sdpa.eval()(input_ids=ids, attention_mask=mask).logits)
+    decoder = hf.build_classifier(tiny_gpt2)
+    assert decoder.config._attn_implementation == "sentiment"
+    assert bert.build_classifier(tiny_bert, attention="sdpa").encoder[0].attention.attend is F.scaled_dot_product_attention
+    assert gpt.build_classifier(tiny_gpt2).transformer.h[0].attn.attend is scaled_dot_product_attention
+    with pytest.raises(UserError, match="attention=flash: choose auto"):
+        hf.build_classifier(tiny_bert, attention="flash")
+    with pytest.raises(UserError, match="attention=flash: choose auto"):
+        bert.build_classifier(tiny_bert, attention="flash")
+
+
+FAULTS_OF_A_FRESH_64MB_TENSOR = """
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "keep":
+    from sentiment.host import keep_freed_memory
+    assert keep_freed_memory()
+for step in range(16):  # the same large tensor, step after step, as a training loop allocates it
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 * 2**20, dtype=torch.uint8)  # written, so every page is touched
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(faults)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_keep_freed_memory_stops_page_faults_on_reallocation():
+    """glibc maps a 64 MB tensor afresh at every step (16,384 page faults at 4 KB); kept, its memory is reused
+    once the heap has grown to hold it (a few steps: each aligned request is a little larger than the block freed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+
+    def faults(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", FAULTS_OF_A_FRESH_64MB_TENSOR, src, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout)
+
+    kept, default = faults("keep"), faults("default")
+    assert kept < 100, kept
+    assert default > 10 * max(kept, 1), (default, kept)
