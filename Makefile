@@ -62,6 +62,7 @@ sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS
 
 bench: $(STAMP)  ## tokenization, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF (~9 min on 2 CPU cores)
 	$(PY) bench/bench_tokenize.py
+	$(PY) bench/bench_attention.py
 	$(PY) bench/bench_train.py $(ARGS)
 	$(PY) bench/bench_models.py
 

@@ -79,6 +79,23 @@ def test_csv_and_jsonl_with_named_columns(tmp_path):
         assert corpus.train.texts == texts and corpus.train.labels == labels
 
 
+def test_table_rows_filtered_and_ragged(tmp_path):
+    """`where` keeps matching rows; a short CSV row or a JSON record without the text key is an empty text."""
+    path = tmp_path / "r.csv"
+    path.write_text("source,text,label\nimdb,good film,1\nother,skip me,0\nimdb,bad film,0\n")
+    corpus = read_table(path, where={"source": "imdb"})
+    assert (corpus.train.texts, corpus.train.labels) == (["good film", "bad film"], [1, 0])
+    with pytest.raises(UserError, match="no rows match"):
+        read_table(path, where={"source": "rotten"})
+    path.write_text("source,text,label\nimdb,good film,1\nimdb\n")
+    with pytest.raises(UserError, match="row at line 3: empty text"):
+        read_table(path)
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"text": "good", "label": 1}\n{"label": 0}\n')
+    with pytest.raises(UserError, match="row at line 2: empty text"):
+        read_table(jsonl)
+
+
 def test_table_without_the_text_column(tmp_path):
     path = write_csv(tmp_path / "r.csv", ["x"], [1], "body", "label")
     with pytest.raises(UserError, match=r"no column 'text' \(found: body, label\)"):
