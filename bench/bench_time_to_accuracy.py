@@ -6,8 +6,9 @@ One real training run (the whole 22,500-review training split, validated 4 times
 out), stopped by Lightning's EarlyStopping as soon as val/acc reaches the target. The defaults read 256 tokens,
 first quarter and last three quarters of each review (data.truncation=head_tail): at the classic 128 tokens
 the bundled 6-layer BERT levels off near 85-86%. The clock is TensorBoard's: from the logger's first event
-(the model built, data tokenized) to the validation that reached the target. Hours on a 2-core CPU; minutes on
-a GPU. Results: bench/results/time_to_accuracy.json.
+(the model built, data tokenized) to the validation that reached the target, so the figure is an upper bound
+at a quarter-epoch's resolution. On the 2-core CPU of docs/performance.md the first validation, after 5,600
+reviews, already read 88.1%: 3.4 minutes. Results: bench/results/time_to_accuracy.json.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Scaled dot-product attention with the contract of `F.scaled_dot_product_attention`, fast on CPUs too.
 
 On a GPU it is PyTorch's SDPA (flash, cuDNN or memory-efficient kernels). On a CPU, SDPA picks its fused
-flash kernel, whose backward pass is slow for the small heads of these models (32-64 wide): for MiniLM's
-(32, 12, T, 32) batch it takes 60 ms per layer at T=128 against 14 ms for two batched matmuls and a softmax
-in bf16 (`bench/bench_attention.py`), and it stays slower up to T=512 once large tensors stop paying for
+flash kernel, whose backward pass is slow for the small heads of these models: for MiniLM's (32, 12, T, 32)
+batch, forward + backward take 61 ms per layer at T=128 against 17 ms for two batched matmuls and a softmax in
+bf16 (`bench/bench_attention.py`), and the matmuls stay ahead up to T=512 once large tensors stop paying for
 fresh pages (`sentiment.host.keep_freed_memory`). So on a CPU the scores are materialised:
 softmax(q kᵀ · scale + mask) v. `attention="sdpa"` (`model.net.attention`) keeps PyTorch's choice everywhere.
 

@@ -170,7 +170,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         y = self.attend(
             q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.attn_dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,  # shares each k/v head without materialising copies
+            enable_gqa=self.n_kv_head != self.n_head,  # each k/v head serves n_head / n_kv_head query heads
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
