@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
 
+from sentiment.host import cpu_name  # noqa: E402
 from sentiment.models import bert, gpt  # noqa: E402
 from sentiment.models.hf import load_tokenizer  # noqa: E402
 from sentiment.models.hub import resolve_checkpoint  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     setup = {
-        "device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": "cpu", "cpu": cpu_name(), "threads": torch.get_num_threads(),
         "batch": args.batch, "seq": args.seq, "mode": "train (dropout on), fwd + bwd, median",
         "torch": torch.__version__, "transformers": transformers.__version__,
     }

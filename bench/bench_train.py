@@ -315,13 +315,14 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from sentiment.pipeline import supports_bf16
+    from sentiment.pipeline import best_precision
 
-    bf16 = supports_bf16()
+    precision = best_precision()  # what src/train.py trains in here; the HF Trainer arm is given the same
+    bf16 = precision == "bf16-mixed"
     peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"GEMM peak ({where}): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; training precision {'bf16-mixed' if bf16 else 'fp32'}", flush=True)
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; training precision {precision}", flush=True)
     arms = [arm for arm in ARMS if arm in args.arms or (arm == "ours-compile" and args.compile)]
     checkpoint = args.checkpoint
     if checkpoint == "bert-base-shape":
@@ -330,7 +331,7 @@ def main() -> None:
     count = args.batch_size * (args.warmup + args.steps)
     results = {"gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "batch_size": args.batch_size,
                "checkpoint": checkpoint, "random_init": args.random_init, "device": str(DEVICE),
-               "steps": args.steps, "warmup": args.warmup, "precision": "bf16-mixed" if bf16 else "32-true", "lengths": {}}
+               "steps": args.steps, "warmup": args.warmup, "precision": precision, "lengths": {}}
     for max_length in args.lengths:
         data, tokenizer = reviews(checkpoint, max_length, count)
         figures = {}

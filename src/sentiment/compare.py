@@ -26,7 +26,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sentiment.errors import UserError
-from sentiment.pipeline import supports_bf16, user_error
+from sentiment.host import cpu_name
+from sentiment.pipeline import best_precision, user_error
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,8 @@ def machine() -> dict:
     """What the runs ran on, for the report's first lines."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "host": platform.node()}
 
 
@@ -162,7 +157,7 @@ def precision(run: Run) -> str | None:
     if run.script != "train":
         return None
     chosen = [o.split("=", 1)[1] for o in run.overrides if o.startswith("trainer.precision=")]
-    return chosen[-1] if chosen else ("bf16-mixed" if supports_bf16() else "32-true")
+    return chosen[-1] if chosen else best_precision()
 
 
 def invocation() -> str:

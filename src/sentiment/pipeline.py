@@ -43,9 +43,14 @@ def supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def best_precision() -> str:
+    """Lightning's precision for this machine: `${best_precision:}` in conf/trainer."""
+    return "bf16-mixed" if supports_bf16() else "32-true"
+
+
 # Lightning warns that a mid-epoch resume replays the epoch from its first batch; ours does not (ResumableSampler).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-OmegaConf.register_new_resolver("best_precision", lambda: "bf16-mixed" if supports_bf16() else "32-true", replace=True)
+OmegaConf.register_new_resolver("best_precision", best_precision, replace=True)
 # On a GPU, worker processes and pinned memory overlap batch assembly and the copy with the step. On a CPU the
 # workers would take the cores the step needs, and the tokens are cached, so the main process batches.
 OmegaConf.register_new_resolver("loader_workers", lambda: min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0, replace=True)
