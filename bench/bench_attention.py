@@ -5,8 +5,8 @@
 One layer's attention of `model=bert` (all-MiniLM-L6-v2: 12 heads of 32) on a (B, heads, T, head_dim) batch
 whose rows have random lengths in [T/2, T] (a key-padding mask), at the training precision (bf16 where the
 CPU has it). `sdpa` is `F.scaled_dot_product_attention` as PyTorch dispatches it (its fused flash kernel on
-a CPU); `matmul` is `sentiment.models.attention.matmul_attention`, what `model.net.attention=auto` runs on a
-CPU. Both are timed first with glibc's default allocator, then after `sentiment.host.keep_freed_memory()`,
+a CPU); `matmul` is `bertgpt.models.attention.matmul_attention`, what `model.net.attention=auto` runs on a
+CPU. Both are timed first with glibc's default allocator, then after `bertgpt.host.keep_freed_memory()`,
 which the entry points call: the score matrices pass glibc's 32 MB mmap threshold from T = 224 at this shape.
 Figures: milliseconds (best of --repeats) and sdpa / matmul. Results: bench/results/attention.json.
 """
@@ -17,11 +17,11 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from common import best_of, save
-from sentiment.host import keep_freed_memory
-from sentiment.models.attention import matmul_attention
-from sentiment.pipeline import supports_bf16
+
+from bertgpt.host import keep_freed_memory
+from bertgpt.models.attention import matmul_attention
+from bertgpt.pipeline import supports_bf16
 
 KERNELS = {"sdpa": F.scaled_dot_product_attention, "matmul": matmul_attention}
 

@@ -27,10 +27,10 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
 
-from sentiment.host import cpu_name  # noqa: E402
-from sentiment.models import bert, gpt  # noqa: E402
-from sentiment.models.hf import load_tokenizer  # noqa: E402
-from sentiment.models.hub import resolve_checkpoint  # noqa: E402
+from bertgpt.host import cpu_name  # noqa: E402
+from bertgpt.models import bert, gpt  # noqa: E402
+from bertgpt.models.hub import resolve_checkpoint  # noqa: E402
+from bertgpt.models.library import load_tokenizer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "models.json"
 

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, save
-from sentiment.compare_report import read_events
+
+from bertgpt.experiments.compare_report import read_events
 
 
 def main() -> None:

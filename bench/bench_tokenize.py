@@ -18,12 +18,11 @@ import tempfile
 import time
 
 import torch
-
 from common import best_of, save
-from sentiment.data import tokenize
-from sentiment.data.datamodule import IMDBDataModule
-from sentiment.data.sources import load_corpus
-from sentiment.models.hub import resolve_checkpoint
+
+from bertgpt.data import tokenize
+from bertgpt.data.reviews import IMDBDataModule, load_corpus
+from bertgpt.models.hub import resolve_checkpoint
 
 
 def classic(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

@@ -19,7 +19,7 @@ training split), with the same batch, AdamW (lr 2e-5, eps 1e-8), gradient clippi
 - ours-compile (--compile): ours with `compile=true`.
 
 The arms run in this order in one process, whatever order --arms names them in: `ours` is the first to keep
-freed memory (`sentiment.host.keep_freed_memory`), a process-wide setting the arms after it inherit.
+freed memory (`bertgpt.host.keep_freed_memory`), a process-wide setting the arms after it inherit.
 
 Each arm's clock runs from its `warmup`-th step to the end of its last, data loading included. Figures:
 samples/s, real (non-pad) tokens/s, and utilisation: the FLOPs of the measured steps (counted by torch's
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import RESULTS, ROOT, best_of, save
-from sentiment.host import keep_freed_memory
-from sentiment.models.hub import resolve_checkpoint
+
+from bertgpt.host import keep_freed_memory
+from bertgpt.models.hub import resolve_checkpoint
 
 LR, EPS, CLIP = 2e-5, 1e-8, 1.0
 ARMS = ["classic", "hf-trainer", "ours-trainer-settings", "ours", "ours-compile"]  # the order they run in
@@ -174,7 +174,7 @@ def recording(collate, window: Window):
 
 def reviews(checkpoint: str, max_length: int, count: int):
     """The first `count` reviews of our training split, tokenized by our pipeline (cached): every arm's data."""
-    from sentiment.data.datamodule import IMDBDataModule
+    from bertgpt.data.reviews import IMDBDataModule
 
     datamodule = IMDBDataModule(tokenizer=checkpoint, max_length=max_length, train_size=count)
     datamodule.setup()
@@ -217,7 +217,12 @@ def hf_trainer(model, data, tokenizer, window: Window, batch_size: int, seed: in
     """`transformers.Trainer` as its documentation sets it up for classification, at our precision."""
     import tempfile
 
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -239,15 +244,15 @@ def hf_trainer(model, data, tokenizer, window: Window, batch_size: int, seed: in
 
 def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window: Window, batch_size: int, seed: int, overrides: list[str], compile: bool, host: bool = True) -> None:
     """`src/train.py model=bert` as configured in conf/, with only the run length and outputs changed.
-    `host`: as its entry point does, keep freed memory (`sentiment.pipeline.cli`)."""
+    `host`: as its entry point does, keep freed memory (`bertgpt.pipeline.cli`)."""
     import tempfile
 
     import hydra
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    from sentiment import pipeline  # noqa: F401  (registers the config resolvers)
-    from sentiment.data.datamodule import IMDBDataModule
+    from bertgpt import pipeline  # noqa: F401  (registers the config resolvers)
+    from bertgpt.data.reviews import IMDBDataModule
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -315,7 +320,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from sentiment.pipeline import best_precision
+    from bertgpt.pipeline import best_precision
 
     precision = best_precision()  # what src/train.py trains in here; the HF Trainer arm is given the same
     bf16 = precision == "bf16-mixed"

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
 
-from sentiment.host import cpu_name  # noqa: E402
+from bertgpt.host import cpu_name  # noqa: E402
 
 
 def machine() -> dict:

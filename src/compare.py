@@ -6,15 +6,12 @@
     python src/compare.py report_only=logs/compare/runs/<date>   # rewrite the report of a finished compare
 """
 
-import os
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
-
-from sentiment.compare import main as compare  # noqa: E402  (after PROJECT_ROOT: the configs read it)
+from bertgpt.experiments.compare import main as compare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare.yaml")

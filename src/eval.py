@@ -4,14 +4,9 @@
     python src/eval.py ckpt_path=... data.path=/data/aclImdb
 """
 
-import os
-from pathlib import Path
-
 import hydra
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
-
-from sentiment.pipeline import cli, evaluate  # noqa: E402
+from bertgpt.pipeline import cli, evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")

@@ -4,15 +4,11 @@
     python src/predict.py ckpt_path=... file=reviews.txt      # one review per line
 """
 
-import os
 import sys
-from pathlib import Path
 
 import hydra
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
-
-from sentiment.pipeline import cli, predict, verbatim_text_argument  # noqa: E402
+from bertgpt.pipeline import cli, predict, verbatim_text_argument
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")

@@ -5,18 +5,13 @@
     python src/train.py model=bert_scratch model.net.checkpoint=logs/pretrain/runs/<run>/export
 """
 
-import os
 import sys
-from pathlib import Path
 
 import hydra
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
-
-from sentiment.pipeline import cli  # noqa: E402  (after PROJECT_ROOT: the configs read it)
-from sentiment.pretraining import check_objective_argument, pretrain  # noqa: E402
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from bertgpt import ROOT
+from bertgpt.experiments.pretrain import check_objective_argument, pretrain
+from bertgpt.pipeline import cli
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain.yaml")
@@ -26,5 +21,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    check_objective_argument(sys.argv[1:], CONF / "objective")
+    check_objective_argument(sys.argv[1:], ROOT / "conf" / "objective")
     main()

@@ -5,14 +5,9 @@
     python src/train.py -m hparams_search=optuna        # what `make sweep` runs
 """
 
-import os
-from pathlib import Path
-
 import hydra
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
-
-from sentiment.pipeline import cli, train  # noqa: E402  (after PROJECT_ROOT: the configs read it)
+from bertgpt.pipeline import cli, train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")

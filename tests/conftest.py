@@ -46,7 +46,7 @@ def toy_csv(tmp_path) -> Path:
 
 
 def minilm_dir() -> Path:
-    from sentiment.models.hub import resolve_checkpoint
+    from bertgpt.models.hub import resolve_checkpoint
 
     return Path(resolve_checkpoint("all-minilm-l6-v2"))
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sentiment.errors import UserError
-from sentiment.models.attention import matmul_attention, scaled_dot_product_attention
+from bertgpt.errors import UserError
+from bertgpt.models.attention import matmul_attention, scaled_dot_product_attention
 
 
 def qkv(B=3, nh=4, T=9, hs=8, nkv=None, seed=0):
@@ -78,22 +78,22 @@ def test_cpu_tensors_take_the_matmul_path(monkeypatch):
 
 
 def test_library_and_own_models_take_the_attention_setting(tiny_bert, tiny_gpt2):
-    from sentiment.models import bert, gpt, hf
+    from bertgpt.models import bert, gpt, library
 
-    auto, sdpa = hf.build_classifier(tiny_bert), hf.build_classifier(tiny_bert, attention="sdpa")
-    assert (auto.config._attn_implementation, sdpa.config._attn_implementation) == ("sentiment", "sdpa")
+    auto, sdpa = library.build_classifier(tiny_bert), library.build_classifier(tiny_bert, attention="sdpa")
+    assert (auto.config._attn_implementation, sdpa.config._attn_implementation) == ("bertgpt", "sdpa")
     sdpa.load_state_dict(auto.state_dict())
     ids = torch.randint(1000, 2000, (3, 12))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
     with torch.no_grad():
         torch.testing.assert_close(auto.eval()(input_ids=ids, attention_mask=mask).logits, sdpa.eval()(input_ids=ids, attention_mask=mask).logits)
-    decoder = hf.build_classifier(tiny_gpt2)
-    assert decoder.config._attn_implementation == "sentiment"
+    decoder = library.build_classifier(tiny_gpt2)
+    assert decoder.config._attn_implementation == "bertgpt"
     assert bert.build_classifier(tiny_bert, attention="sdpa").encoder[0].attention.attend is F.scaled_dot_product_attention
     assert gpt.build_classifier(tiny_gpt2).transformer.h[0].attn.attend is scaled_dot_product_attention
     with pytest.raises(UserError, match="attention=flash: choose auto"):
-        hf.build_classifier(tiny_bert, attention="flash")
+        library.build_classifier(tiny_bert, attention="flash")
     with pytest.raises(UserError, match="attention=flash: choose auto"):
         bert.build_classifier(tiny_bert, attention="flash")
 
@@ -102,7 +102,7 @@ FAULTS_OF_A_FRESH_64MB_TENSOR = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 if sys.argv[2] == "keep":
-    from sentiment.host import keep_freed_memory
+    from bertgpt.host import keep_freed_memory
     assert keep_freed_memory()
 for step in range(16):  # the same large tensor, step after step, as a training loop allocates it
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

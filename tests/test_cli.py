@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 QUICK = ["data.train_size=64", "data.val_size=32", "data.max_length=64", "data.batch_size=16", "trainer.log_every_n_steps=1"]
 

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_script, toy_reviews
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_script, toy_reviews
-from sentiment.compare import ARMS
-from sentiment.compare_report import read_events, write_report
-from sentiment.errors import UserError
+from bertgpt.errors import UserError
+from bertgpt.experiments.compare import ARMS
+from bertgpt.experiments.compare_report import read_events, write_report
 
 HAS_PRETRAIN = (ROOT / "src" / "pretrain.py").exists()
 PRACTICAL = [a for a, arm in ARMS.items() if arm.part == "practical"]
@@ -215,7 +215,7 @@ def test_every_planned_command_composes_with_the_configs(tmp_path, monkeypatch):
     a config would otherwise fail only when that arm starts, maybe an hour into a compare)."""
     from hydra import compose, initialize_config_dir
 
-    from sentiment import pipeline  # noqa: F401  (registers the config resolvers)
+    from bertgpt import pipeline  # noqa: F401  (registers the config resolvers)
 
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     result = run_script("compare", "compare.dry_run=true", f"paths.log_dir={tmp_path}")

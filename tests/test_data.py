@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import toy_reviews, write_csv
 from sklearn.model_selection import train_test_split
 
-from conftest import toy_reviews, write_csv
-from sentiment.data import tokenize
-from sentiment.data.datamodule import IMDBDataModule, PadCollator, group_by_length
-from sentiment.data.sources import bundled_csv, load_corpus, read_table
-from sentiment.errors import UserError
+from bertgpt.data import tokenize
+from bertgpt.data.base import PadCollator, group_by_length
+from bertgpt.data.reviews import IMDBDataModule, bundled_csv, load_corpus, read_table
+from bertgpt.errors import UserError
 
 
 def write_pair(folder, reviews: str, labels: str):
@@ -205,7 +205,7 @@ def test_grouped_batches_split_across_ranks_are_the_one_process_batches():
     """Under DDP each step's reviews, over both ranks, are the batch one process takes at twice the batch size."""
     from torch.utils.data import DistributedSampler
 
-    from sentiment.data.datamodule import ResumableSampler
+    from bertgpt.data.base import ResumableSampler
 
     data, lengths = list(range(1000)), torch.randint(10, 300, (1000,), generator=torch.Generator().manual_seed(0))
     for epoch in range(2):
@@ -251,7 +251,7 @@ def test_pad_to_multiple_below_one_is_refused():
 
 @pytest.mark.parametrize("truncation", ["head", "head_tail"])
 def test_truncation_keeps_max_length_and_special_tokens(tiny_bert, truncation):
-    from sentiment.models.hf import load_tokenizer
+    from bertgpt.models.library import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_bert)
     text = "start " + " ".join(f"w{i}" for i in range(300)) + " finale"
@@ -264,7 +264,7 @@ def test_truncation_keeps_max_length_and_special_tokens(tiny_bert, truncation):
 
 @pytest.mark.parametrize("checkpoint", ["tiny_bert", "tiny_gpt2"])
 def test_backend_batch_gives_the_ids_of_the_tokenizer_call(checkpoint, request):
-    from sentiment.models.hf import load_tokenizer
+    from bertgpt.models.library import load_tokenizer
 
     tokenizer = load_tokenizer(request.getfixturevalue(checkpoint))
     texts = [tokenize.clean(t) for t in toy_reviews(50, seed=4)[0]] + ["", "Ünïcödé — quotes' \"and\" émojis 🎬 " * 9]
@@ -283,7 +283,7 @@ def long_texts() -> list[str]:
 @pytest.mark.parametrize("checkpoint", ["tiny_bert", "tiny_gpt2"])
 def test_head_truncation_equals_tokenizing_everything(checkpoint, request):
     """`encode` tokenizes only a head of each text; the ids must be those of the whole text, truncated."""
-    from sentiment.models.hf import load_tokenizer
+    from bertgpt.models.library import load_tokenizer
 
     tokenizer = load_tokenizer(request.getfixturevalue(checkpoint))
     texts = long_texts()
@@ -294,7 +294,7 @@ def test_head_truncation_equals_tokenizing_everything(checkpoint, request):
 
 @pytest.mark.slow
 def test_head_truncation_on_the_bundled_reviews():
-    from sentiment.models.hf import load_tokenizer
+    from bertgpt.models.library import load_tokenizer
 
     texts = [tokenize.clean(t) for t in load_corpus("bundled", None, "text", "label").train.texts[:3000]]
     for name in ("all-minilm-l6-v2", "smollm2-135m"):
@@ -303,7 +303,7 @@ def test_head_truncation_on_the_bundled_reviews():
 
 
 def test_head_tail_split_follows_sun_et_al(tiny_bert):
-    from sentiment.models.hf import load_tokenizer
+    from bertgpt.models.library import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_bert)
     words = [f"x{i}" for i in range(2000)]

@@ -14,9 +14,9 @@ import transformers
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from sentiment.models import bert, gpt
-from sentiment.models.hf import load_tokenizer
-from sentiment.models.hub import resolve_checkpoint
+from bertgpt.models import bert, gpt
+from bertgpt.models.hub import resolve_checkpoint
+from bertgpt.models.library import load_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 SENTENCES = [

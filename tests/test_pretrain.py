@@ -13,14 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from conftest import run_script, toy_reviews
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script, toy_reviews
-from sentiment.data import tokenize
-from sentiment.data.blocks import TextBlocks, cut_blocks, documents
-from sentiment.data.datamodule import IMDBDataModule
-from sentiment.models import bert, gpt
-from sentiment.pretraining import IGNORE, LanguageModel, export, mask_tokens, next_token_labels
+from bertgpt.data import tokenize
+from bertgpt.data.blocks import TextBlocks, cut_blocks, documents
+from bertgpt.data.reviews import IMDBDataModule
+from bertgpt.experiments.pretrain import export
+from bertgpt.models import bert, gpt
+from bertgpt.tasks.language_model import (
+    IGNORE,
+    LanguageModel,
+    mask_tokens,
+    next_token_labels,
+)
 
 TOKENIZER = "all-minilm-l6-v2"
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_inner=64, block_size=32, dropout=0.0)

@@ -20,14 +20,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import ROOT, run_script, toy_reviews, write_csv
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_script, toy_reviews, write_csv
-from sentiment.checkpoints import AtomicCheckpointIO, newest_checkpoint, resume_checkpoint
-from sentiment.data.datamodule import IMDBDataModule, ResumableSampler
-from sentiment.data.sources import load_corpus
-from sentiment.errors import UserError
+from bertgpt.data.base import ResumableSampler
+from bertgpt.data.reviews import IMDBDataModule, load_corpus
+from bertgpt.errors import UserError
+from bertgpt.training.checkpoints import (
+    AtomicCheckpointIO,
+    newest_checkpoint,
+    resume_checkpoint,
+)
 
 TESTS = Path(__file__).resolve().parent
 STEPS = 3  # step checkpoint interval in these runs: 12 steps an epoch, so 3, 6, 9, 12, 15, ...
@@ -196,7 +200,7 @@ def test_a_split_that_leaves_a_set_empty(tmp_path, tiny_bert):
 
 
 def test_predict_with_only_blank_text_or_lines(tmp_path):
-    from sentiment.pipeline import predict
+    from bertgpt.pipeline import predict
 
     for content, message in (("", "empty.txt: the file is empty"), ("  \n", r"empty.txt, line 1: blank line")):
         (tmp_path / "empty.txt").write_text(content)
@@ -207,7 +211,7 @@ def test_predict_with_only_blank_text_or_lines(tmp_path):
 
 
 def test_checkpoint_path_missing_or_not_a_checkpoint(tmp_path):
-    from sentiment.pipeline import load_checkpoint
+    from bertgpt.pipeline import load_checkpoint
 
     runs = tmp_path / "runs"
     with pytest.raises(UserError, match="ckpt_path=/nope.ckpt: no such file"):
@@ -231,10 +235,10 @@ def test_checkpoint_path_missing_or_not_a_checkpoint(tmp_path):
 def test_unknown_constructor_option_becomes_a_user_error():
     import hydra
 
-    from sentiment.pipeline import user_error
+    from bertgpt.pipeline import user_error
 
     with pytest.raises(Exception) as raised:
-        hydra.utils.instantiate({"model": {"_target_": "sentiment.module.SentimentClassifier", "net": {}, "lrr": 1}})
+        hydra.utils.instantiate({"model": {"_target_": "bertgpt.tasks.classification.SentimentClassifier", "net": {}, "lrr": 1}})
     err = user_error(raised.value)
     assert isinstance(err, UserError)
     assert "model: SentimentClassifier.__init__() got an unexpected keyword argument 'lrr'" in str(err)
@@ -292,7 +296,7 @@ def test_sampler_order_depends_on_seed_and_epoch_and_can_start_mid_epoch():
 
 
 def test_first_run_tokenizes_once_and_caches_one_file(tiny_bert, workdir, tmp_path, monkeypatch):
-    from sentiment.data import tokenize
+    from bertgpt.data import tokenize
 
     dm = IMDBDataModule(tokenizer=tiny_bert, path=str(workdir / "toy.csv"), cache_dir=str(tmp_path))
     dm.prepare_data()  # tokenizes and caches; calling the tokenizer used to change the cache key
@@ -424,7 +428,7 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_bert_no_dropout, workdir):
 
 
 def test_bundled_model_and_data_never_touch_the_network(monkeypatch):
-    from sentiment.models.hf import build_classifier, load_tokenizer
+    from bertgpt.models.library import build_classifier, load_tokenizer
 
     attempts = []
 
@@ -466,7 +470,7 @@ def test_missing_optional_model_fails_fast_offline(tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_bert, workdir):
-    from sentiment.pipeline import load_checkpoint
+    from bertgpt.pipeline import load_checkpoint
 
     logs = workdir / "nan"
     result = run_script(
@@ -477,7 +481,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_be
     assert "Traceback" not in result.stderr
     (run,) = (logs / "train" / "runs").iterdir()
     last_good = run / "checkpoints" / "step_000006.ckpt"
-    assert f"error: the loss is nan at step 7: training diverged. Lower model.lr" in result.stderr
+    assert "error: the loss is nan at step 7: training diverged. Lower model.lr" in result.stderr
     assert f"Last good checkpoint: {last_good}." in result.stderr
     model, _ = load_checkpoint(str(last_good))
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -56,6 +56,22 @@ class ThroughputLogger(L.Callback):
         pl_module.log("train/peak_memory_mb", peak_memory_mb(pl_module.device), sync_dist=True, reduce_fx="max")
 
 
+class RunThroughput(ThroughputLogger):
+    """ThroughputLogger counting over the whole run, not per epoch (a max_steps budget ends mid-epoch, and
+    a small corpus makes many short ones), and blocks rather than reviews: every token of a block is real.
+    `train/epoch_time_s` is then the training time so far."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)  # the counts start once
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        pass
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += len(batch)
+        self.tokens += batch.numel()
+
+
 class ConfusionMatrixLogger(L.Callback):
     """At the end of each validation epoch, draws the (synced) confusion matrix into TensorBoard."""
 

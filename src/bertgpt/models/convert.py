@@ -12,11 +12,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, cached_file
+from transformers.utils import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    cached_file,
+)
 
-from sentiment.errors import UserError
-from sentiment.models.hf import load_tokenizer
-from sentiment.models.hub import OFFLINE_HINT, from_pretrained, resolve_checkpoint
+from bertgpt.errors import UserError
+from bertgpt.models.hub import OFFLINE_HINT, from_pretrained, resolve_checkpoint
+from bertgpt.models.library import load_tokenizer
 
 
 def read_hf_config(checkpoint: str) -> tuple[PretrainedConfig, int | None]:

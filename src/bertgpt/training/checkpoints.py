@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sentiment.errors import UserError
+from bertgpt.errors import UserError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,12 +23,12 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from sentiment.data import tokenize
-from sentiment.data.datamodule import IMDBDataModule, ResumableSampler
-from sentiment.data.sources import bundled_csv, read_text
-from sentiment.errors import UserError
-from sentiment.models.hf import load_tokenizer
-from sentiment.models.hub import default_cache_dir
+from bertgpt.data import tokenize
+from bertgpt.data.base import ResumableSampler, TokenDataModule
+from bertgpt.data.reviews import IMDBDataModule, bundled_csv, read_text
+from bertgpt.errors import UserError
+from bertgpt.models.hub import default_cache_dir
+from bertgpt.models.library import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class TextBlocks(L.LightningDataModule):
         return None  # the blocks are all block_size long: torch's default collate stacks them, no padding
 
     # The fine-tune's loader (its own generator, workers, pinning) with the sampler and collate above.
-    _loader = IMDBDataModule._loader
+    _loader = TokenDataModule._loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sentiment.errors import UserError
+from bertgpt import ROOT
+from bertgpt.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]
 REPORT = "compare.md"
 PARTS = {
     "practical": "Practical: library vs ours, on the same bundled weights",

@@ -9,9 +9,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import BinaryAccuracy, BinaryConfusionMatrix, BinaryF1Score
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+)
 
-from sentiment.errors import TrainingDiverged, UserError
+from bertgpt.errors import TrainingDiverged, UserError
 
 
 class SentimentClassifier(L.LightningModule):

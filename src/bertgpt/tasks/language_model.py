@@ -1,4 +1,4 @@
-"""Pretraining our own models from random weights, for a controlled BERT-vs-GPT experiment.
+"""Language modelling: pretraining our own models from random weights, for a controlled BERT-vs-GPT experiment.
 
 `objective=mlm` trains our BERT (models/bert.py, `BertForMaskedLM`) to fill in masked tokens;
 `objective=clm` trains our GPT (models/gpt.py, GPT-2 layout) to predict the next token. Everything else is
@@ -9,32 +9,16 @@ model.net.checkpoint=<run>/export` fine-tunes, and the library's `BertForMaskedL
 
 from __future__ import annotations
 
-import logging
-import math
-import shutil
-import sys
-import tempfile
-from pathlib import Path
-
-import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
 from torchmetrics import MeanMetric
 
-from sentiment.callbacks import ThroughputLogger
-from sentiment.data.tokenize import special_tokens
-from sentiment.errors import UserError
-from sentiment.models.bert import BertConfig, BertForMaskedLM
-from sentiment.models.gpt import GPT, GPTConfig
-from sentiment.models.hf import load_tokenizer
-from sentiment.module import check_finite, count_parameters, weight_decay_groups
-from sentiment.pipeline import build_trainer, scalars, write_metrics
-
-log = logging.getLogger(__name__)
+from bertgpt.errors import UserError
+from bertgpt.models.bert import BertConfig, BertForMaskedLM
+from bertgpt.models.gpt import GPT, GPTConfig
+from bertgpt.models.library import load_tokenizer
+from bertgpt.tasks.classification import check_finite, weight_decay_groups
 
 OBJECTIVES = {"mlm": "our BERT, masked tokens", "clm": "our GPT, next token"}
 IGNORE = -100  # cross_entropy's ignore_index: a position with nothing to predict
@@ -162,83 +146,3 @@ class LanguageModel(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class RunThroughput(ThroughputLogger):
-    """ThroughputLogger counting over the whole run, not per epoch (a max_steps budget ends mid-epoch, and
-    a small corpus makes many short ones), and blocks rather than reviews: every token of a block is real.
-    `train/epoch_time_s` is then the training time so far."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_epoch_start(trainer, pl_module)  # the counts start once
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        pass
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples += len(batch)
-        self.tokens += batch.numel()
-
-
-@rank_zero_only
-def export(model: LanguageModel, folder: Path) -> Path:
-    """A Hugging Face folder: config.json, model.safetensors (HF names) and the tokenizer files.
-
-    Written into a temporary folder beside `folder` and renamed into place: a crash leaves no half export.
-    The tokenizer's length limit becomes block_size, the most positions the model has, so a fine-tune
-    asking for more stops with a clear error instead of indexing past the position table.
-    """
-    net, tokenizer = model.net, model.tokenizer
-    start, end = special_tokens(tokenizer)
-    architecture = "BertForMaskedLM" if model.hparams.objective == "mlm" else "GPT2LMHeadModel"
-    config = net.config.to_hf(architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
-    tokenizer.model_max_length = model.hparams.block_size
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        config.save_pretrained(tmp)
-        save_file({k: v.float().cpu().contiguous() for k, v in net.to_hf_state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
-        if folder.exists():  # a rerun into the same folder: the old export goes only once the new one is complete
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("Exported a Hugging Face %s to %s", architecture, folder)
-    return folder
-
-
-def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
-    """`objective=<unknown>` as one `error:` line and exit 2, like every other bad input. Hydra would
-    report the missing group option itself, over several lines, with exit status 1."""
-    choices = sorted(p.stem for p in choices_dir.glob("*.yaml"))
-    for arg in argv:
-        if arg.startswith("objective=") and arg.split("=", 1)[1] not in choices:
-            print(f"error: {arg}: unknown objective. Choose one of {', '.join(f'{k} ({OBJECTIVES[k]})' for k in choices)}.", file=sys.stderr)
-            sys.exit(2)
-
-
-def pretrain(cfg: DictConfig) -> dict:
-    """Pretrain for trainer.max_steps, validate at the end, export, and write metrics.json."""
-    if not cfg.trainer.get("max_steps") or cfg.trainer.max_steps < 1:
-        raise UserError(f"trainer.max_steps={cfg.trainer.get('max_steps')}: set the budget in steps, e.g. trainer.max_steps=2000.")
-    if cfg.model.block_size < cfg.data.block_size:
-        raise UserError(f"model.block_size={cfg.model.block_size} is below data.block_size={cfg.data.block_size}: set data.block_size, the model follows it.")
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    model: LanguageModel = hydra.utils.instantiate(cfg.model)
-    trainer = build_trainer(cfg)
-    total, _ = count_parameters(model)
-    log.info("Pretraining %s (%s): %.1fM parameters. Output: %s", cfg.model.objective, OBJECTIVES[cfg.model.objective], total / 1e6, cfg.paths.output_dir)
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data),
-                                "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total})
-    trainer.fit(model, datamodule=datamodule)
-    metrics = {"params/total": total, **scalars(trainer.callback_metrics)}
-    if model.last_val_step != trainer.global_step:  # the budget did not end on a validation: the final figures
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-        metrics.update(scalars(trainer.callback_metrics))
-    metrics["export"] = str(export(model, Path(cfg.paths.output_dir) / "export"))
-    write_metrics(metrics, cfg.paths.output_dir)
-    for name in ("val/loss", "val/ppl", "val/token_acc", "train/tokens_per_sec"):
-        log.info("%s: %.4f", name, metrics.get(name, math.nan))
-    return metrics

@@ -27,9 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sentiment.errors import UserError
-from sentiment.models.attention import check_choice, scaled_dot_product_attention
-from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config, unmap
+from bertgpt.errors import UserError
+from bertgpt.models.attention import check_choice, scaled_dot_product_attention
+from bertgpt.models.convert import (
+    build_pretrained,
+    init_weights,
+    load_mapped,
+    make_config,
+    unmap,
+)
 
 # GPT-2 stores these projections as Conv1D, (in, out): nn.Linear's weight is (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

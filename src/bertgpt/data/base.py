@@ -1,4 +1,6 @@
-"""One LightningDataModule for every review source: read, clean, split 9:1, tokenize (cached), pad per batch."""
+"""What every task's datamodule shares: token ids stored flat, the resumable length-grouped sampler, padding per
+batch, the token cache and the loaders. A task's datamodule (reviews.py, tagging.py) reads its data, tokenizes it
+with its labels, and inherits the rest from `TokenDataModule`."""
 
 from __future__ import annotations
 
@@ -8,32 +10,36 @@ import os
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sentiment.data import tokenize
-from sentiment.data.sources import Split, load_corpus
-from sentiment.errors import UserError
-from sentiment.models.hf import load_tokenizer
-from sentiment.models.hub import default_cache_dir
+from bertgpt.errors import UserError
+from bertgpt.models.hub import default_cache_dir
+from bertgpt.models.library import load_tokenizer
 
 log = logging.getLogger(__name__)
 
+IGNORE = -100  # cross_entropy's ignore_index: a position with no label (padding, a word's later subwords)
+
 
 class TokenizedSplit(Dataset):
-    """Token ids stored flat with offsets (see `tokenize.pack`); item i is one unpadded review."""
+    """Token ids stored flat with offsets (see `tokenize.pack`); item i is one unpadded example.
+
+    Its label is one class (`labels`, a review's sentiment) or one label per token (`token_labels`, flat beside
+    the ids under the same offsets: a sentence's tags, -100 where a token carries none).
+    """
 
     def __init__(self, packed: dict[str, torch.Tensor]):
-        self.ids, self.offsets, self.labels = packed["ids"], packed["offsets"], packed["labels"]
+        self.ids, self.offsets = packed["ids"], packed["offsets"]
+        self.labels, self.token_labels = packed.get("labels"), packed.get("token_labels")
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]], int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        span = slice(self.offsets[i], self.offsets[i + 1])
+        return self.ids[span], (self.token_labels[span].long() if self.token_labels is not None else int(self.labels[i]))
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -111,116 +117,59 @@ class PadCollator:
     def __init__(self, pad_token_id: int, padding_side: str = "right", multiple: int = 1):
         self.pad_token_id, self.padding_side, self.multiple = pad_token_id, padding_side, multiple
 
-    def __call__(self, items: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[tuple[torch.Tensor, int | torch.Tensor]]) -> dict[str, torch.Tensor]:
         width = -(-max(len(ids) for ids, _ in items) // self.multiple) * self.multiple
+        per_token = torch.is_tensor(items[0][1])
         input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(items):
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long) if per_token else None
+        for row, (ids, label) in enumerate(items):
             span = slice(width - len(ids), width) if self.padding_side == "left" else slice(0, len(ids))
             input_ids[row, span] = ids
             attention_mask[row, span] = 1
-        labels = torch.tensor([label for _, label in items], dtype=torch.long)
+            if per_token:
+                labels[row, span] = label
+        if not per_token:
+            labels = torch.tensor([label for _, label in items], dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class IMDBDataModule(L.LightningDataModule):
-    """IMDB sentiment, classic recipe: `<br />` cleaned, tokenized with masks, 9:1 split at random_state 2024.
 
-    The 10% held out is validated every epoch and is the test set too, unless the source ships its own
-    test split (aclImdb). `train_size` / `val_size` / `test_size` take a random subset for quick runs.
+
+class TokenDataModule(L.LightningDataModule):
+    """The loaders, samplers, padding, tokenizer and cache of every task's datamodule.
+
+    A subclass saves its hyperparameters (which must include tokenizer, max_length, batch_size,
+    eval_batch_size, group_by_length, pad_to_multiple_of, num_workers, pin_memory and cache_dir), and defines
+    `encoded_splits()`: {"train" | "val" | "test": packed tensors (see `TokenizedSplit`)} and `labels`, the
+    names of its classes or tags, which the task's LightningModule is built with.
     """
 
-    def __init__(
-        self,
-        tokenizer: str,
-        source: str = "auto",
-        path: str | None = None,
-        text_column: str = "text",
-        label_column: str = "label",
-        max_length: int = 128,
-        truncation: str = "head",
-        val_fraction: float = 0.1,
-        split_seed: int = 2024,
-        train_size: int | None = None,
-        val_size: int | None = None,
-        test_size: int | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        group_by_length: bool = True,
-        pad_to_multiple_of: int = 1,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        cache_dir: str | None = None,
-    ):
+    labels: list[str]
+
+    def __init__(self):
         super().__init__()
-        if truncation not in tokenize.TRUNCATIONS:
-            raise UserError(f"data.truncation={truncation}: choose one of {', '.join(tokenize.TRUNCATIONS)}.")
-        if max_length < 8:
-            raise UserError(f"data.max_length={max_length} is below 8: too short to hold a review. Use 128 (the default) or more.")
-        if pad_to_multiple_of < 1:
-            raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest review) or more.")
-        if not 0 < val_fraction < 1:
-            raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (the classic recipe uses 0.1).")
-        self.save_hyperparameters(logger=False)
         self.splits: dict[str, TokenizedSplit] = {}
         self._tokenizer = None
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.tokenizer)
+            self._tokenizer = self.load_tokenizer()
             limit = self._tokenizer.model_max_length
             if limit < 1_000_000 and self.hparams.max_length > limit:
                 raise UserError(f"data.max_length={self.hparams.max_length} is above this model's limit of {limit} tokens. Use at most {limit}.")
         return self._tokenizer
 
-    def raw_splits(self) -> dict[str, Split]:
-        """Texts and labels of train / val / test after the 9:1 split and any size limits."""
-        hp = self.hparams
-        corpus = load_corpus(hp.source, hp.path, hp.text_column, hp.label_column)
-        labels = np.asarray(corpus.train.labels)
-        if len(set(labels.tolist())) < 2:
-            raise UserError(f"the data holds only label {labels[0]}: sentiment needs both classes (0/negative and 1/positive).")
-        n = len(labels)
-        if round(n * hp.val_fraction) < 1 or n - round(n * hp.val_fraction) < 1:
-            raise UserError(f"{n} reviews cannot be split {1 - hp.val_fraction:.0%}/{hp.val_fraction:.0%}: a set would be empty. Add data.")
-        train_idx, val_idx = train_test_split(np.arange(n), test_size=hp.val_fraction, random_state=hp.split_seed)
+    def load_tokenizer(self):
+        return load_tokenizer(self.hparams.tokenizer)
 
-        def take(split: Split, idx, limit) -> Split:
-            idx = idx[:limit] if limit else idx
-            return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
-
-        splits = {"train": take(corpus.train, train_idx, hp.train_size), "val": take(corpus.train, val_idx, hp.val_size)}
-        if corpus.test is not None:
-            test_idx = np.random.default_rng(hp.split_seed).permutation(len(corpus.test)) if hp.test_size else np.arange(len(corpus.test))
-            splits["test"] = take(corpus.test, test_idx, hp.test_size)
-        else:
-            splits["test"] = take(splits["val"], np.arange(len(splits["val"])), hp.test_size)
-        return splits
+    def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
+        raise NotImplementedError
 
     def cache_path(self, key: str) -> Path:
         root = Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
         return root / "tokenized" / f"{key[:24]}.pt"
-
-    def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Tokenized splits from the cache when (data, tokenizer, max_length, truncation) match; else built and cached."""
-        hp = self.hparams
-        raw = self.raw_splits()
-        key = tokenize.cache_key({k: (v.texts, v.labels) for k, v in raw.items()}, self.tokenizer, hp.max_length, hp.truncation)
-        path = self.cache_path(key)
-        cached = tokenize.load_cache(path, key)
-        if cached is not None:
-            log.info("Tokenized data from cache %s", path)
-            return cached
-        log.info("Tokenizing %s reviews (max_length=%d, truncation=%s)", {k: len(v) for k, v in raw.items()}, hp.max_length, hp.truncation)
-        packed = {}
-        for name, split in raw.items():
-            if name == "test" and split == raw["val"]:  # the held-out set doubles as the test set: tokenize it once
-                packed[name] = packed["val"]
-            else:
-                packed[name] = tokenize.pack(tokenize.encode(self.tokenizer, split.texts, hp.max_length, hp.truncation), split.labels)
-        tokenize.save_cache(path, key, packed)
-        return packed
 
     def prepare_data(self) -> None:
         self.encoded_splits()  # rank 0 only: tokenizes once and fills the cache for every process

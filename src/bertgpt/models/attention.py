@@ -4,11 +4,11 @@ On a GPU it is PyTorch's SDPA (flash, cuDNN or memory-efficient kernels). On a C
 flash kernel, whose backward pass is slow for the small heads of these models: for MiniLM's (32, 12, T, 32)
 batch, forward + backward take 61 ms per layer at T=128 against 17 ms for two batched matmuls and a softmax in
 bf16 (`bench/bench_attention.py`), and the matmuls stay ahead up to T=512 once large tensors stop paying for
-fresh pages (`sentiment.host.keep_freed_memory`). So on a CPU the scores are materialised:
+fresh pages (`bertgpt.host.keep_freed_memory`). So on a CPU the scores are materialised:
 softmax(q kᵀ · scale + mask) v. `attention="sdpa"` (`model.net.attention`) keeps PyTorch's choice everywhere.
 
 The Hugging Face models use it too: `hf_attention` is registered with transformers' `AttentionInterface` as
-`attn_implementation="sentiment"`, with SDPA's boolean masks.
+`attn_implementation="bertgpt"`, with SDPA's boolean masks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sentiment.errors import UserError
+from bertgpt.errors import UserError
 
 ATTENTION_CHOICES = ("auto", "sdpa")  # auto: matmuls on a CPU, SDPA elsewhere; sdpa: PyTorch's SDPA everywhere
 
@@ -73,10 +73,10 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
 
 
 def register_with_transformers() -> str:
-    """Makes `attn_implementation="sentiment"` mean `hf_attention`, with the boolean masks SDPA gets."""
+    """Makes `attn_implementation="bertgpt"` mean `hf_attention`, with the boolean masks SDPA gets."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    AttentionInterface.register("sentiment", hf_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("sentiment", sdpa_mask)
-    return "sentiment"
+    AttentionInterface.register("bertgpt", hf_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("bertgpt", sdpa_mask)
+    return "bertgpt"

@@ -4,7 +4,7 @@ Each arm is a subprocess (`python src/train.py ...`, `python src/pretrain.py ...
 process, so that it is exactly what a user would run, its throughput and memory are its own, and one arm's
 allocations do not count against the next. The runs land in `<compare dir>/<name>/` with their usual files plus
 `output.log` (everything the process printed); `compare.json` there records what ran, for the report writer
-(`sentiment.compare_report`), which reads only those files and can be re-run alone: `report_only=<compare dir>`.
+(`bertgpt.experiments.compare_report`), which reads only those files and can be re-run alone: `report_only=<compare dir>`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sentiment.errors import UserError
-from sentiment.host import cpu_name
-from sentiment.pipeline import best_precision, user_error
+from bertgpt import ROOT
+from bertgpt.errors import UserError
+from bertgpt.host import cpu_name
+from bertgpt.pipeline import best_precision, user_error
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "compare.json"
 
 
@@ -227,7 +227,7 @@ def execute(run: Run, folder: Path, heartbeat_s: float, started: float) -> float
 
 def run_all(cfg: DictConfig, out: Path) -> Path:
     """Runs every planned arm in `out`, recording each in compare.json, then writes the report."""
-    from sentiment.compare_report import write_report
+    from bertgpt.experiments.compare_report import write_report
 
     if cfg.full:
         import torch
@@ -268,7 +268,7 @@ def run_all(cfg: DictConfig, out: Path) -> Path:
 
 def compare(cfg: DictConfig, out: Path) -> Path:
     """What src/compare.py does: the report of a finished compare folder (report_only=...), or a new compare in `out`."""
-    from sentiment.compare_report import write_report
+    from bertgpt.experiments.compare_report import write_report
 
     if cfg.report_only:
         report = write_report(Path(cfg.report_only).expanduser(), Path(cfg.compare.report_dir), regenerated_by=invocation())

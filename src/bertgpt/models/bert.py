@@ -16,9 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sentiment.errors import UserError
-from sentiment.models.attention import check_choice, scaled_dot_product_attention
-from sentiment.models.layers import build_pretrained, init_weights, load_mapped, make_config, unmap
+from bertgpt.errors import UserError
+from bertgpt.models.attention import check_choice, scaled_dot_product_attention
+from bertgpt.models.convert import (
+    build_pretrained,
+    init_weights,
+    load_mapped,
+    make_config,
+    unmap,
+)
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}  # HF hidden_act -> ours
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from sentiment.models.attention import check_choice, register_with_transformers
-from sentiment.models.hub import from_pretrained
+from bertgpt.models.attention import check_choice, register_with_transformers
+from bertgpt.models.hub import from_pretrained
 
 # The "newly initialised: classifier.weight" report is expected when fine-tuning; keep real errors only.
 transformers.logging.set_verbosity_error()
@@ -32,7 +32,7 @@ def build_classifier(
 
     `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
     replaces the checkpoint's attention dropout (None keeps it). `attention`: auto (matmul attention on a CPU,
-    SDPA on a GPU: `sentiment.models.attention`) or sdpa (transformers' own SDPA everywhere). The same two keys
+    SDPA on a GPU: `bertgpt.models.attention`) or sdpa (transformers' own SDPA everywhere). The same two keys
     set our own models.
     """
     implementation = register_with_transformers() if check_choice(attention) == "auto" else "sdpa"

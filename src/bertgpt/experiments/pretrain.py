@@ -1,0 +1,93 @@
+"""Pretraining runs: build the language model and its text blocks, train for a budget of steps, export.
+
+`src/pretrain.py` calls `pretrain`. The run ends by exporting a Hugging Face folder that
+`src/train.py model=bert_scratch|gpt_scratch model.net.checkpoint=<run>/export` fine-tunes, and the library's
+`BertForMaskedLM` / `GPT2LMHeadModel` load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from bertgpt.data.tokenize import special_tokens
+from bertgpt.errors import UserError
+from bertgpt.pipeline import build_trainer, scalars, write_metrics
+from bertgpt.tasks.classification import count_parameters
+from bertgpt.tasks.language_model import OBJECTIVES, LanguageModel
+
+log = logging.getLogger(__name__)
+
+
+@rank_zero_only
+def export(model: LanguageModel, folder: Path) -> Path:
+    """A Hugging Face folder: config.json, model.safetensors (HF names) and the tokenizer files.
+
+    Written into a temporary folder beside `folder` and renamed into place: a crash leaves no half export.
+    The tokenizer's length limit becomes block_size, the most positions the model has, so a fine-tune
+    asking for more stops with a clear error instead of indexing past the position table.
+    """
+    net, tokenizer = model.net, model.tokenizer
+    start, end = special_tokens(tokenizer)
+    architecture = "BertForMaskedLM" if model.hparams.objective == "mlm" else "GPT2LMHeadModel"
+    config = net.config.to_hf(architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
+    tokenizer.model_max_length = model.hparams.block_size
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        config.save_pretrained(tmp)
+        save_file({k: v.float().cpu().contiguous() for k, v in net.to_hf_state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():  # a rerun into the same folder: the old export goes only once the new one is complete
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Exported a Hugging Face %s to %s", architecture, folder)
+    return folder
+
+
+def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
+    """`objective=<unknown>` as one `error:` line and exit 2, like every other bad input. Hydra would
+    report the missing group option itself, over several lines, with exit status 1."""
+    choices = sorted(p.stem for p in choices_dir.glob("*.yaml"))
+    for arg in argv:
+        if arg.startswith("objective=") and arg.split("=", 1)[1] not in choices:
+            print(f"error: {arg}: unknown objective. Choose one of {', '.join(f'{k} ({OBJECTIVES[k]})' for k in choices)}.", file=sys.stderr)
+            sys.exit(2)
+
+
+def pretrain(cfg: DictConfig) -> dict:
+    """Pretrain for trainer.max_steps, validate at the end, export, and write metrics.json."""
+    if not cfg.trainer.get("max_steps") or cfg.trainer.max_steps < 1:
+        raise UserError(f"trainer.max_steps={cfg.trainer.get('max_steps')}: set the budget in steps, e.g. trainer.max_steps=2000.")
+    if cfg.model.block_size < cfg.data.block_size:
+        raise UserError(f"model.block_size={cfg.model.block_size} is below data.block_size={cfg.data.block_size}: set data.block_size, the model follows it.")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model: LanguageModel = hydra.utils.instantiate(cfg.model)
+    trainer = build_trainer(cfg)
+    total, _ = count_parameters(model)
+    log.info("Pretraining %s (%s): %.1fM parameters. Output: %s", cfg.model.objective, OBJECTIVES[cfg.model.objective], total / 1e6, cfg.paths.output_dir)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data),
+                                "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total})
+    trainer.fit(model, datamodule=datamodule)
+    metrics = {"params/total": total, **scalars(trainer.callback_metrics)}
+    if model.last_val_step != trainer.global_step:  # the budget did not end on a validation: the final figures
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        metrics.update(scalars(trainer.callback_metrics))
+    metrics["export"] = str(export(model, Path(cfg.paths.output_dir) / "export"))
+    write_metrics(metrics, cfg.paths.output_dir)
+    for name in ("val/loss", "val/ppl", "val/token_acc", "train/tokens_per_sec"):
+        log.info("%s: %.4f", name, metrics.get(name, math.nan))
+    return metrics
