@@ -21,7 +21,7 @@ from common import best_of, save
 
 from bertgpt.host import keep_freed_memory
 from bertgpt.models.attention import matmul_attention
-from bertgpt.pipeline import supports_bf16
+from bertgpt.host import supports_bf16
 
 KERNELS = {"sdpa": F.scaled_dot_product_attention, "matmul": matmul_attention}
 

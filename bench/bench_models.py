@@ -27,7 +27,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
 
-from bertgpt.host import cpu_name  # noqa: E402
+from bertgpt.host import machine  # noqa: E402
 from bertgpt.models import bert, gpt  # noqa: E402
 from bertgpt.models.hub import resolve_checkpoint  # noqa: E402
 from bertgpt.models.library import load_tokenizer  # noqa: E402
@@ -108,9 +108,7 @@ def main() -> None:
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     setup = {
-        "device": "cpu", "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "batch": args.batch, "seq": args.seq, "mode": "train (dropout on), fwd + bwd, median",
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": "cpu", **machine(), "batch": args.batch, "seq": args.seq, "mode": "train (dropout on), fwd + bwd, median",
     }
     print(f"batch {args.batch} x {args.seq}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
     if not args.no_bert:

@@ -320,7 +320,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from bertgpt.pipeline import best_precision
+    from bertgpt.host import best_precision
 
     precision = best_precision()  # what src/train.py trains in here; the HF Trainer arm is given the same
     bf16 = precision == "bf16-mixed"

@@ -8,25 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
 
-from bertgpt.host import cpu_name  # noqa: E402
+from bertgpt.host import machine as host_machine  # noqa: E402
 
 
 def machine() -> dict:
-    """Where a figure was measured: without this a number means nothing a week later."""
-    import transformers
-
-    return {
-        "cpu": cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
+    """`host.machine()`, and how busy it was and when: a figure from a loaded machine is not its speed."""
+    return {**host_machine(), "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def save(name: str, results: dict) -> Path:

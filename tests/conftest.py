@@ -86,12 +86,61 @@ def tiny_gpt2(tmp_path_factory) -> str:
     return str(folder)
 
 
-def run_script(script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs src/<script>.py in a fresh process, as a user would, and returns its outcome."""
+def run_script(script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600,
+               subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """Runs src/<script>.py as a user would, with these arguments, and returns its exit status and output.
+
+    In this process by default (`run_in_process`): a fresh interpreter costs ~12 s of imports on a 2-core AVX2
+    machine, and the suite runs dozens of scripts. `subprocess_=True` for what needs a process of its own:
+    signals, kills, several ranks, a network that must fail, torch.compile.
+    """
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / "src" / f"{script}.py"), *overrides], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    argv = [str(ROOT / "src" / f"{script}.py"), *overrides]
+    if subprocess_:
+        return subprocess.run([sys.executable, *argv], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+    return run_in_process(argv, cwd, environment)
+
+
+def run_in_process(argv: list[str], cwd: Path, environment: dict) -> subprocess.CompletedProcess:
+    """`python argv...` inside this interpreter: its own argv, environment, working folder and Hydra state; its
+    output captured; its exit status from SystemExit (an uncaught exception is status 1, with its traceback)."""
+    import contextlib
+    import io
+    import logging
+    import runpy
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    code = 0
+    try:
+        os.environ.clear()
+        os.environ.update(environment)
+        os.chdir(cwd)
+        sys.argv = list(argv)
+        GlobalHydra.instance().clear()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(argv[0], run_name="__main__")
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except BaseException:  # noqa: BLE001  (what a real process would print before dying with status 1)
+                traceback.print_exc()
+                code = 1
+    finally:
+        GlobalHydra.instance().clear()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture

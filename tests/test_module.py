@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from bertgpt.data.reviews import IMDBDataModule
-from bertgpt.tasks.classification import SentimentClassifier
+from bertgpt.tasks.classification import SequenceClassifier
 
 
-def classifier(checkpoint: str, **kwargs) -> SentimentClassifier:
-    net = {"_target_": "bertgpt.models.library.build_classifier", "checkpoint": checkpoint, "num_labels": 2}
-    return SentimentClassifier(net=net, **kwargs)
+def classifier(checkpoint: str, **kwargs) -> SequenceClassifier:
+    net = {"_target_": "bertgpt.models.library.build", "checkpoint": checkpoint}
+    return SequenceClassifier(net=net, labels=IMDBDataModule.labels, **kwargs)
 
 
-def optimizers_for(model: SentimentClassifier, total_steps: int) -> dict:
+def optimizers_for(model: SequenceClassifier, total_steps: int) -> dict:
     model._trainer = SimpleNamespace(estimated_stepping_batches=total_steps)  # all the schedule asks of a Trainer
     return model.configure_optimizers()
 
@@ -105,8 +105,8 @@ def test_fused_adamw_still_clips_the_gradients(precision, tiny_bert, toy_csv, tm
 def test_attention_dropout_is_set_on_library_and_own_models(tiny_bert, tiny_gpt2):
     from bertgpt.models import bert, gpt, library
 
-    assert library.build_classifier(tiny_bert, attn_dropout=0.0).config.attention_probs_dropout_prob == 0.0
-    assert library.build_classifier(tiny_bert).config.attention_probs_dropout_prob == 0.1  # None: the checkpoint's
-    assert library.build_classifier(tiny_gpt2, attn_dropout=0.0).config.attn_pdrop == 0.0
+    assert library.build(tiny_bert, attn_dropout=0.0).config.attention_probs_dropout_prob == 0.0
+    assert library.build(tiny_bert).config.attention_probs_dropout_prob == 0.1  # None: the checkpoint's
+    assert library.build(tiny_gpt2, attn_dropout=0.0).config.attn_pdrop == 0.0
     assert bert.build_classifier(tiny_bert, attn_dropout=0.0).config.attn_dropout == 0.0
     assert gpt.build_classifier(tiny_gpt2, attn_dropout=0.0).config.attn_dropout == 0.0

@@ -39,3 +39,45 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_kind() -> str:
+    """What decides speed on a CPU of this project's machines: AMX and AVX-512 BF16 run bf16 fast; AVX2 alone runs fp32."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return "unknown"
+    names = set(flags.split(":", 1)[-1].split())
+    for flag, kind in (("amx_bf16", "AVX-512 + AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in names:
+            return kind
+    return "no AVX2"
+
+
+def supports_bf16() -> bool:
+    """bf16 autocast pays on GPUs that have it and on CPUs with AVX-512 BF16 / AMX (2.3x there); elsewhere fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_kind() in ("AVX-512 + AMX", "AVX-512 BF16")
+
+
+def best_precision() -> str:
+    """Lightning's precision for this machine: `${best_precision:}` in conf/trainer."""
+    return "bf16-mixed" if supports_bf16() else "32-true"
+
+
+def machine() -> dict:
+    """Where a figure was measured, for reports and benchmarks: without it a number means nothing a week later."""
+    import os
+
+    import torch
+    import transformers
+
+    return {
+        "cpu": cpu_name(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "precision": best_precision(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "host": platform.node(),
+    }

@@ -164,6 +164,10 @@ class TokenDataModule(L.LightningDataModule):
     def load_tokenizer(self):
         return load_tokenizer(self.hparams.tokenizer)
 
+    def task_options(self) -> dict:
+        """What the task's LightningModule is built with besides its config: the label names."""
+        return {"labels": list(self.labels)}
+
     def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
         raise NotImplementedError
 

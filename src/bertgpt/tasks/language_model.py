@@ -18,7 +18,7 @@ from bertgpt.errors import UserError
 from bertgpt.models.bert import BertConfig, BertForMaskedLM
 from bertgpt.models.gpt import GPT, GPTConfig
 from bertgpt.models.library import load_tokenizer
-from bertgpt.tasks.classification import check_finite, weight_decay_groups
+from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 
 OBJECTIVES = {"mlm": "our BERT, masked tokens", "clm": "our GPT, next token"}
 IGNORE = -100  # cross_entropy's ignore_index: a position with nothing to predict
@@ -77,8 +77,7 @@ class LanguageModel(L.LightningModule):
             raise UserError(f"objective={objective}: choose one of {', '.join(f'{k} ({v})' for k, v in OBJECTIVES.items())}.")
         if objective == "mlm" and not (mask_prob and 0 < mask_prob < 1):
             raise UserError(f"objective.mask_prob={mask_prob} must be between 0 and 1 (BERT's is 0.15).")
-        if not 0 <= warmup_ratio < 1:
-            raise UserError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1).")
+        check_schedule("linear", warmup_ratio)
         self.save_hyperparameters(logger=False)
         self.tokenizer = load_tokenizer(tokenizer)
         if objective == "mlm" and self.tokenizer.mask_token_id is None:
@@ -137,12 +136,4 @@ class LanguageModel(L.LightningModule):
         """AdamW without weight decay on biases and norms (BERT's recipe, as fine-tuning), a linear warmup over
         warmup_ratio of trainer.max_steps, then a linear decay to 0 at the end of the budget."""
         hp = self.hparams
-        optimizer = torch.optim.AdamW(weight_decay_groups(self, hp.weight_decay), lr=hp.lr, eps=hp.eps, betas=tuple(hp.betas))
-        total = self.trainer.max_steps
-        warmup = int(hp.warmup_ratio * total)
-
-        def factor(step: int) -> float:  # the smaller of the rising and the falling line
-            return min((step + 1) / max(1, warmup), max(0.0, (total - step) / max(1, total - warmup)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(self, self.trainer.max_steps, hp.lr, hp.eps, hp.weight_decay, hp.betas, hp.warmup_ratio)

@@ -1,4 +1,4 @@
-"""Callbacks Lightning doesn't ship: epoch throughput, a confusion-matrix image, and the RNG state in checkpoints."""
+"""Callbacks Lightning doesn't ship: throughput, a confusion-matrix image, and the RNG state in checkpoints."""
 
 from __future__ import annotations
 
@@ -73,29 +73,42 @@ class RunThroughput(ThroughputLogger):
 
 
 class ConfusionMatrixLogger(L.Callback):
-    """At the end of each validation epoch, draws the (synced) confusion matrix into TensorBoard."""
+    """At the end of each validation epoch, draws the (synced) confusion matrix of the labels into TensorBoard:
+    the two sentiments, or the tags (rows normalised to recall, so that rare tags show). Above `max_labels`
+    (the full Brown tagset has hundreds) a picture would be unreadable, and none is drawn."""
+
+    def __init__(self, max_labels: int = 40):
+        self.max_labels = max_labels
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        matrix = pl_module.val_confusion.compute().cpu()  # (2, 2): rows true label, columns predicted
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        matrix = pl_module.val_confusion.compute().cpu()  # (n, n): rows true label, columns predicted
+        names = list(pl_module.hparams.labels)
+        if trainer.sanity_checking or not trainer.is_global_zero or len(names) > self.max_labels:
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("val/confusion_matrix", confusion_figure(matrix), trainer.global_step)
+                logger.experiment.add_figure("val/confusion_matrix", confusion_figure(matrix, names), trainer.global_step)
 
 
-def confusion_figure(matrix: torch.Tensor, names: tuple[str, str] = ("negative", "positive")):
+def confusion_figure(matrix: torch.Tensor, names: list[str]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=100)
-    ax.imshow(matrix.numpy(), cmap="Blues")
-    for (i, j), value in zip([(i, j) for i in range(2) for j in range(2)], matrix.flatten().tolist()):
-        ax.text(j, i, str(value), ha="center", va="center", color="black")
-    ax.set_xticks([0, 1], names)
-    ax.set_yticks([0, 1], names)
+    n = len(names)
+    counts = n <= 4  # two sentiments: the counts themselves; tags: each row as shares of its true tag
+    shown = matrix.float() if counts else matrix.float() / matrix.sum(1, keepdim=True).clamp(min=1)
+    side = max(3.2, 0.45 * n + 1.5)
+    fig, ax = plt.subplots(figsize=(side + 0.4, side), dpi=100)
+    ax.imshow(shown.numpy(), cmap="Blues", vmin=0)
+    if n <= 16:
+        for i in range(n):
+            for j in range(n):
+                text = str(int(matrix[i, j])) if counts else f"{shown[i, j]:.2f}".lstrip("0") if shown[i, j] >= 0.005 else ""
+                ax.text(j, i, text, ha="center", va="center", color="black", fontsize=8 if n > 4 else 10)
+    ax.set_xticks(range(n), names, rotation=90 if n > 4 else 0)
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()

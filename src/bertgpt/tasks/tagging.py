@@ -1,0 +1,99 @@
+"""Sequence labelling (POS tagging, or BIO entity tags): one label per word, read from its first subword.
+
+The datamodule (data/tagging.py) labels the first subword of each word and gives every other position -100,
+Hugging Face `run_ner.py`'s convention, so the metrics below count words, not subwords. A causal decoder tags
+each word having seen only the words to its left: the one place where BERT and GPT differ by construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from bertgpt.tasks.classification import Classifier
+
+
+class TokenClassifier(Classifier):
+    """Tags every word. Logs word accuracy (`acc`) and macro-F1 over tags (`f1`); at test time also each tag's
+    precision, recall and F1, and, for BIO tags, seqeval's entity-level F1 (`test/entity_f1`)."""
+
+    head = "token"
+
+    def __init__(self, *args, is_bio: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = len(self.hparams.labels)
+        self.test_per_tag = MetricCollection({
+            "precision": MulticlassPrecision(n, average="none"),
+            "recall": MulticlassRecall(n, average="none"),
+            "f1": MulticlassF1Score(n, average="none"),
+        })
+        self._entities: tuple[list, list] = ([], [])
+
+    def metrics(self, prefix: str) -> MetricCollection:
+        n = len(self.hparams.labels)
+        return MetricCollection({"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro")}, prefix=prefix)
+
+    def test_step(self, batch, batch_idx):
+        preds, targets = self.evaluation_step(batch, "test")
+        self.test_per_tag.update(preds, targets)
+        if self.hparams.is_bio:  # seqeval wants the tag strings of each sentence
+            logits = self(batch["input_ids"], batch["attention_mask"])
+            names = self.hparams.labels
+            for row_pred, row_true in zip(logits.argmax(-1), batch["labels"]):
+                labelled = row_true != -100
+                self._entities[0].append([names[i] for i in row_true[labelled].tolist()])
+                self._entities[1].append([names[i] for i in row_pred[labelled].tolist()])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_per_tag.reset()
+        self._entities = ([], [])
+
+    def on_test_epoch_end(self) -> None:
+        per_tag = {k: v.tolist() for k, v in self.test_per_tag.compute().items()}
+        self.per_tag = {tag: {k: per_tag[k][i] for k in per_tag} for i, tag in enumerate(self.hparams.labels)}
+        if self.hparams.is_bio and self._entities[0]:
+            from seqeval.metrics import f1_score
+
+            self.log("test/entity_f1", f1_score(*self._entities), sync_dist=False)
+
+    @torch.no_grad()
+    def predict_tags(self, batch: dict[str, torch.Tensor], word_index: list[list[int]], words: list[list[str]],
+                     padding_side: str = "right") -> list[list[tuple[str, str]]]:
+        """(word, tag) pairs for each sentence of a collated batch. `word_index[s][t]` is the word whose first
+        subword is token t of sentence s (-1 elsewhere); a word cut off by max_length gets the tag "-"."""
+        tags = self(batch["input_ids"], batch["attention_mask"]).argmax(-1).tolist()  # (B, T)
+        rows = []
+        for sentence, positions, row in zip(words, word_index, tags):
+            offset = len(row) - len(positions) if padding_side == "left" else 0
+            chosen = {w: row[offset + t] for t, w in enumerate(positions) if w >= 0}
+            rows.append([(word, self.hparams.labels[chosen[i]] if i in chosen else "-") for i, word in enumerate(sentence)])
+        return rows
+
+    def predict_lines(self, texts: list[str], datamodule, batch_size: int) -> list[str]:
+        """`word/TAG word/TAG ...` for each text, split into words at white space."""
+        from bertgpt.data.tagging import encode_sentences
+
+        sentences = [text.split() for text in texts]
+        ids, _, word_index = encode_sentences(datamodule.tokenizer, sentences, None, datamodule.hparams.max_length,
+                                              datamodule.hparams.label_all_subwords)
+        collate, lines = datamodule.collator(), []
+        for start in range(0, len(ids), batch_size):
+            chunk = slice(start, start + batch_size)
+            batch = collate([(torch.tensor(x), torch.full((len(x),), -100)) for x in ids[chunk]])
+            rows = self.predict_tags(batch, word_index[chunk], sentences[chunk], datamodule.tokenizer.padding_side)
+            lines += [" ".join(f"{word}/{tag}" for word, tag in row) for row in rows]
+        return lines
+
+
+def per_tag_table(per_tag: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of each tag's precision, recall and F1 on the test split."""
+    lines = ["| tag | precision | recall | F1 |", "|---|---|---|---|"]
+    for tag, m in per_tag.items():
+        lines.append(f"| {tag} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} |")
+    return "\n".join(lines)
