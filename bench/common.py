@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
 
+from bertgpt.files import write_text  # noqa: E402
 from bertgpt.host import machine as host_machine  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def save(name: str, results: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine(), **results}
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(path, json.dumps(record, indent=2) + "\n")
     with (RESULTS / f"{name}.jsonl").open("a") as history:
         history.write(json.dumps(record) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")

@@ -370,7 +370,7 @@ def test_same_seed_gives_identical_metrics_and_curves(reference, tiny_bert, work
 def test_compiled_training_writes_checkpoints_that_eval_reads(reference, tiny_bert, workdir):
     """compile=true trains through torch.compile; its checkpoints keep the plain names, so eval loads them as they are."""
     logs = workdir / "compiled"
-    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, "compile=true"), timeout=900)
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, "compile=true"), timeout=900, subprocess_=True)
     assert result.returncode == 0, result.stderr[-3000:]
     run = only_run(logs)
     metrics = metrics_of(run)
@@ -405,7 +405,7 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_bert_no_dropout, workdir):
     # 15 validation reviews: an odd count, which a padding DistributedSampler would even out with a repeat.
     common = ["trainer.max_epochs=1", "data.val_size=15"]
     ddp_logs, single_logs = workdir / "ddp", workdir / "single"
-    ddp = run_script("train", *tiny_overrides(tiny_bert_no_dropout, workdir, ddp_logs, *common, "trainer=ddp_cpu", "data.batch_size=8"))
+    ddp = run_script("train", *tiny_overrides(tiny_bert_no_dropout, workdir, ddp_logs, *common, "trainer=ddp_cpu", "data.batch_size=8"), subprocess_=True)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = run_script("train", *tiny_overrides(tiny_bert_no_dropout, workdir, single_logs, *common, "data.batch_size=16"))
     assert single.returncode == 0, single.stderr[-3000:]
@@ -459,7 +459,7 @@ def test_missing_optional_model_fails_fast_offline(tmp_path):
     # Without HF_HUB_OFFLINE the hub client retries 5 times with backoff first: the same message after ~50 s.
     env = {"PYTHONPATH": str(blocker), "HF_HUB_OFFLINE": "1"}
     started = time.time()
-    result = run_script("train", "model.net.checkpoint=bert-base-uncased", f"paths.log_dir={tmp_path / 'logs'}", env=env, timeout=120)
+    result = run_script("train", "model.net.checkpoint=bert-base-uncased", f"paths.log_dir={tmp_path / 'logs'}", env=env, timeout=120, subprocess_=True)
     assert_clean_failure(result, "could not load 'bert-base-uncased'", tmp_path / "logs")
     assert "Offline, use the bundled models: model=bert" in result.stderr
     assert time.time() - started < 60  # fails, does not hang on retries
