@@ -428,7 +428,7 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_bert_no_dropout, workdir):
 
 
 def test_bundled_model_and_data_never_touch_the_network(monkeypatch):
-    from bertgpt.models.library import build_classifier, load_tokenizer
+    from bertgpt.models.library import build, load_tokenizer
 
     attempts = []
 
@@ -438,7 +438,7 @@ def test_bundled_model_and_data_never_touch_the_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    model = build_classifier("all-minilm-l6-v2")
+    model = build("all-minilm-l6-v2")
     assert load_tokenizer("all-minilm-l6-v2")("a fine film")["input_ids"]
     assert model.config.num_labels == 2
     corpus = load_corpus(source="bundled")

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from bertgpt.data.tokenize import special_tokens
 from bertgpt.errors import UserError
+from bertgpt.models.convert import to_hf
 from bertgpt.pipeline import build_trainer, scalars, write_metrics
 from bertgpt.tasks.classification import count_parameters
 from bertgpt.tasks.language_model import OBJECTIVES, LanguageModel
@@ -40,12 +41,12 @@ def export(model: LanguageModel, folder: Path) -> Path:
     net, tokenizer = model.net, model.tokenizer
     start, end = special_tokens(tokenizer)
     architecture = "BertForMaskedLM" if model.hparams.objective == "mlm" else "GPT2LMHeadModel"
-    config = net.config.to_hf(architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
+    config, state_dict = to_hf(net, architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
     tokenizer.model_max_length = model.hparams.block_size
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         config.save_pretrained(tmp)
-        save_file({k: v.float().cpu().contiguous() for k, v in net.to_hf_state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        save_file({k: v.float().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
         if folder.exists():  # a rerun into the same folder: the old export goes only once the new one is complete
             shutil.rmtree(folder)
