@@ -249,6 +249,8 @@ def test_bert_scratch_yaml_builds_the_lightning_module():
     assert isinstance(module.net, bert.BertForSequenceClassification) and len(module.net.encoder) == 1
     ids = torch.randint(0, 30522, (2, 6))
     assert module(ids, torch.ones_like(ids)).shape == (2, 2)
+    tagger = instantiate(cfg.net, head="token", num_labels=12)  # how a module for another task builds its net
+    assert isinstance(tagger, bert.BertForTokenClassification) and tagger(ids).shape == (2, 6, 12)
 
 
 def test_builders_load_saved_folders(tiny_bert, tiny_gpt2):
