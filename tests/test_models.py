@@ -233,6 +233,9 @@ def test_config_overrides_resize_a_random_model():
     assert (config.head_dim, config.n_kv_head, config.n_inner) == (8, 1, 40)  # derived, keeping the proportions
     with pytest.raises(Exception, match="unknown model.net option"):
         convert.bert_config_from_hf(tiny_bert_config(), n_layers=2)
+    mixed = gpt.GPT(gpt.GPTConfig(vocab_size=V, block_size=8, n_layer=1, n_head=2, n_embd=16, positions="rotary"))
+    with pytest.raises(UserError, match="only the GPT-2 and Llama layouts export"):  # rotary with LayerNorm: neither
+        to_hf(mixed)
 
 
 def test_build_bert_random_from_bundled_config():
