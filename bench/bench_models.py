@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip i
 
 from bertgpt.host import machine  # noqa: E402
 from bertgpt.models import bert, gpt  # noqa: E402
+from bertgpt.models.convert import from_hf  # noqa: E402
 from bertgpt.models.hub import resolve_checkpoint  # noqa: E402
 from bertgpt.models.library import load_tokenizer  # noqa: E402
 
@@ -78,7 +79,7 @@ def bench_bert(args) -> dict:
     name = "all-minilm-l6-v2"
     pad_id = load_tokenizer(name).pad_token_id
     hf = transformers.BertForSequenceClassification.from_pretrained(resolve_checkpoint(name), num_labels=2)
-    ours = bert.Bert.from_hf_state_dict(hf.config, hf.state_dict())  # the same weights, classifier included
+    ours = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict())  # the same weights, classifier included
     ids, mask, labels = make_batch(args.batch, args.seq, hf.config.vocab_size, pad_id)
     return compare("MiniLM", ours, hf, ids, mask, labels, args.warmup, args.iters) | {"checkpoint": name}
 
@@ -87,7 +88,7 @@ def bench_gpt(args) -> dict:
     name = "smollm2-135m"
     pad_id = load_tokenizer(name).pad_token_id
     hf = transformers.LlamaForSequenceClassification.from_pretrained(resolve_checkpoint(name), num_labels=2, pad_token_id=pad_id)
-    ours = gpt.GPT.from_hf_state_dict(hf.config, hf.state_dict())
+    ours = from_hf(gpt.GPTForSequenceClassification, hf.config, hf.state_dict())
     ids, mask, labels = make_batch(args.batch, args.seq, hf.config.vocab_size, pad_id)
     warmup, iters = args.gpt_warmup, args.gpt_iters  # ~30x the FLOPs of MiniLM per step
     return compare("SmolLM2", ours, hf, ids, mask, labels, warmup, iters) | {"checkpoint": name}

@@ -78,7 +78,7 @@ def test_cpu_tensors_take_the_matmul_path(monkeypatch):
 
 
 def test_library_and_own_models_take_the_attention_setting(tiny_bert, tiny_gpt2):
-    from bertgpt.models import bert, gpt, library
+    from bertgpt.models import convert, library
 
     auto, sdpa = library.build(tiny_bert), library.build(tiny_bert, attention="sdpa")
     assert (auto.config._attn_implementation, sdpa.config._attn_implementation) == ("bertgpt", "sdpa")
@@ -90,12 +90,12 @@ def test_library_and_own_models_take_the_attention_setting(tiny_bert, tiny_gpt2)
         torch.testing.assert_close(auto.eval()(input_ids=ids, attention_mask=mask).logits, sdpa.eval()(input_ids=ids, attention_mask=mask).logits)
     decoder = library.build(tiny_gpt2)
     assert decoder.config._attn_implementation == "bertgpt"
-    assert bert.build_classifier(tiny_bert, attention="sdpa").encoder[0].attention.attend is F.scaled_dot_product_attention
-    assert gpt.build_classifier(tiny_gpt2).transformer.h[0].attn.attend is scaled_dot_product_attention
+    assert convert.build_bert(tiny_bert, attention="sdpa").encoder[0].attention.attend is F.scaled_dot_product_attention
+    assert convert.build_gpt(tiny_gpt2).transformer.h[0].attn.attend is scaled_dot_product_attention
     with pytest.raises(UserError, match="attention=flash: choose auto"):
         library.build(tiny_bert, attention="flash")
     with pytest.raises(UserError, match="attention=flash: choose auto"):
-        bert.build_classifier(tiny_bert, attention="flash")
+        convert.build_bert(tiny_bert, attention="flash")
 
 
 FAULTS_OF_A_FRESH_64MB_TENSOR = """

@@ -1,4 +1,5 @@
-"""The hand-written BERT and GPT compute what Hugging Face computes on the same weights.
+"""The hand-written BERT and GPT compute what Hugging Face computes on the same weights, with every head,
+and a checkpoint loaded into ours exports back to the same tensors.
 
 Tiny random HF models (built in memory, vocab 100) check every code path in well under a second each;
 the `slow` tests load the real bundled all-MiniLM-L6-v2 and SmolLM2-135M.
@@ -14,7 +15,9 @@ import transformers
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from bertgpt.models import bert, gpt
+from bertgpt.errors import UserError
+from bertgpt.models import bert, convert, gpt, library
+from bertgpt.models.convert import from_hf, to_hf
 from bertgpt.models.hub import resolve_checkpoint
 from bertgpt.models.library import load_tokenizer
 
@@ -65,16 +68,17 @@ def to_left_padding(ids, mask):
 # ----- BERT --------------------------------------------------------------------------------------------------
 
 def tiny_bert_config(**kw):
-    return transformers.BertConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=32, pad_token_id=PAD, num_labels=3, **kw,
-    )
+    return transformers.BertConfig(**{
+        **dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=32, pad_token_id=PAD, num_labels=3),
+        **kw,
+    })
 
 
 def test_bert_matches_hf_bertmodel(batch):
     torch.manual_seed(0)
     hf = transformers.BertModel(tiny_bert_config()).eval()  # no `bert.` prefix, no classifier: MiniLM's layout
-    ours = bert.Bert.from_hf_state_dict(hf.config, hf.state_dict()).eval()
+    ours = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict()).eval()
     assert sorted(ours.fresh_heads) == ["classifier.bias", "classifier.weight"]
     ids, mask = batch
     types = (torch.arange(ids.size(1)) >= 5).long().expand_as(ids)
@@ -88,7 +92,7 @@ def test_bert_matches_hf_bertmodel(batch):
 def test_bert_matches_hf_sequence_classification(batch):
     torch.manual_seed(0)
     hf = transformers.BertForSequenceClassification(tiny_bert_config()).eval()  # `bert.` prefix: bert-base's layout
-    ours = bert.Bert.from_hf_state_dict(hf.config, hf.state_dict()).eval()
+    ours = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict()).eval()
     assert ours.fresh_heads == []
     ids, mask = batch
     with torch.no_grad():
@@ -96,7 +100,7 @@ def test_bert_matches_hf_sequence_classification(batch):
         logits = ours(ids, mask)
         assert logits.shape == (4, 3)
         assert _maxdiff(logits, hf(ids, attention_mask=mask).logits) <= 1e-5
-    two_labels = bert.Bert.from_hf_state_dict(hf.config, hf.state_dict(), num_labels=2)  # a head for 3: fresh
+    two_labels = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict(), num_labels=2)  # a head for 3: fresh
     assert sorted(two_labels.fresh_heads) == ["classifier.bias", "classifier.weight"]
 
 
@@ -106,7 +110,7 @@ def test_bert_training_mode_matches_hf_gradients(batch):
     hf = transformers.BertForSequenceClassification(
         tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ).train()
-    ours = bert.Bert.from_hf_state_dict(hf.config, hf.state_dict()).train()
+    ours = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict()).train()
     ids, mask = batch
     labels = torch.tensor([0, 1, 2, 1])
     torch.nn.functional.cross_entropy(ours(ids, mask), labels).backward()
@@ -116,30 +120,52 @@ def test_bert_training_mode_matches_hf_gradients(batch):
     assert _maxdiff(ours.embeddings.word_embeddings.weight.grad, hf.bert.embeddings.word_embeddings.weight.grad) <= 1e-5
 
 
+def test_bert_token_head_matches_hf(batch):
+    """BertForTokenClassification: dropout -> classifier on every token, no pooler, HF's dropout rule."""
+    torch.manual_seed(0)
+    hf = transformers.BertForTokenClassification(tiny_bert_config(num_labels=5, classifier_dropout=0.3)).eval()
+    ours = from_hf(bert.BertForTokenClassification, hf.config, hf.state_dict()).eval()
+    assert ours.fresh_heads == [] and not hasattr(ours, "pooler")
+    assert ours.dropout.p == hf.dropout.p == 0.3
+    ids, mask = batch
+    with torch.no_grad():
+        logits = ours(ids, mask)
+        assert logits.shape == (4, 10, 5)
+        assert _maxdiff(logits, hf(ids, attention_mask=mask).logits) <= 1e-5  # pads too: BERT's are well defined
+    body_only = from_hf(bert.BertForTokenClassification, hf.config, transformers.BertModel(hf.config).state_dict())
+    assert sorted(body_only.fresh_heads) == ["classifier.bias", "classifier.weight"]
+
+
 # ----- GPT: GPT-2 and Llama layouts ----------------------------------------------------------------------------
 
-def tiny_decoder(kind: str, head: bool):
+DECODERS = {  # kind -> head -> the HF class
+    "gpt2": {None: transformers.GPT2Model, "sequence": transformers.GPT2ForSequenceClassification,
+             "token": transformers.GPT2ForTokenClassification},
+    "llama": {None: transformers.LlamaModel, "sequence": transformers.LlamaForSequenceClassification,
+              "token": transformers.LlamaForTokenClassification},
+}
+
+
+def tiny_decoder(kind: str, head: str | None, **kw):
+    """A tiny random HF decoder: bare (head=None) or with a "sequence" or "token" head."""
     torch.manual_seed(0)
+    kw = dict(pad_token_id=PAD, num_labels=3) | kw
     if kind == "gpt2":
-        config = transformers.GPT2Config(
-            vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32, pad_token_id=PAD, num_labels=3,
-        )
-        cls = transformers.GPT2ForSequenceClassification if head else transformers.GPT2Model
+        config = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32, **kw)
     else:  # SmolLM2's shape in small: grouped-query attention (6 heads share 2 kv heads), tied, no biases
         config = transformers.LlamaConfig(
             vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-            intermediate_size=80, max_position_embeddings=32, pad_token_id=PAD, num_labels=3, tie_word_embeddings=True,
-            rope_theta=1000.0, rms_norm_eps=1e-5,
+            intermediate_size=80, max_position_embeddings=32, tie_word_embeddings=True, rope_theta=1000.0,
+            rms_norm_eps=1e-5, **kw,
         )
-        cls = transformers.LlamaForSequenceClassification if head else transformers.LlamaModel
-    return cls(config).eval()
+    return DECODERS[kind][head](config).eval()
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_decoder_matches_hf(kind, padding, batch):
-    hf = tiny_decoder(kind, head=True)
-    ours = gpt.GPT.from_hf_state_dict(hf.config, hf.state_dict()).eval()
+    hf = tiny_decoder(kind, "sequence")
+    ours = from_hf(gpt.GPTForSequenceClassification, hf.config, hf.state_dict()).eval()
     assert ours.fresh_heads == []
     ids, mask = batch
     if padding == "left":
@@ -155,12 +181,32 @@ def test_decoder_matches_hf(kind, padding, batch):
         assert _maxdiff(logits, hf(ids, attention_mask=mask, position_ids=positions).logits) <= 1e-5
 
 
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoder_token_head_matches_hf(kind, padding, batch):
+    """GPT2ForTokenClassification (`classifier`) / LlamaForTokenClassification (`score`): dropout, then a
+    biased projection at every position, on both padding sides."""
+    hf = tiny_decoder(kind, "token", num_labels=5, classifier_dropout=0.2)
+    ours = from_hf(gpt.GPTForTokenClassification, hf.config, hf.state_dict()).eval()
+    assert ours.fresh_heads == []
+    assert ours.dropout.p == hf.dropout.p == 0.2
+    ids, mask = batch
+    if padding == "left":
+        ids, mask = to_left_padding(ids, mask)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = ours(ids, mask)
+        assert logits.shape == (4, 10, 5)
+        assert _maxdiff(logits, hf(ids, attention_mask=mask, position_ids=positions).logits, mask) <= 1e-5
+    assert tiny_decoder(kind, "token").dropout.p == gpt.GPTConfig().classifier_dropout == 0.1  # HF's default, and ours
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_decoder_bare_model_and_padding_sides_agree(kind, batch):
     """A bare `GPT2Model` / `LlamaModel` state dict loads (score starts fresh), and left padding gives
     the same logits as right padding, without being told position ids."""
-    hf = tiny_decoder(kind, head=False)
-    ours = gpt.GPT.from_hf_state_dict(hf.config, hf.state_dict(), num_labels=2).eval()
+    hf = tiny_decoder(kind, None)
+    ours = from_hf(gpt.GPTForSequenceClassification, hf.config, hf.state_dict(), num_labels=2).eval()
     assert ours.fresh_heads == ["score.weight"]
     ids, mask = batch
     left_ids, left_mask = to_left_padding(ids, mask)
@@ -172,23 +218,28 @@ def test_decoder_bare_model_and_padding_sides_agree(kind, batch):
 
 
 def test_gpt2_generate_matches_hf_greedy():
-    hf = transformers.GPT2LMHeadModel(tiny_decoder("gpt2", head=False).config).eval()
-    ours = gpt.GPT.from_hf_state_dict(hf.config, hf.state_dict()).eval()
+    hf = transformers.GPT2LMHeadModel(tiny_decoder("gpt2", None).config).eval()
+    ours = from_hf(gpt.GPT, hf.config, hf.state_dict()).eval()
     prompt = torch.tensor([[5, 17, 42, 8]])
+    with torch.no_grad():
+        assert _maxdiff(ours(prompt), hf(prompt).logits) <= 1e-5  # the language model's forward: (B, T, vocab)
     expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False,
                            eos_token_id=None, pad_token_id=PAD)
     assert torch.equal(ours.generate(prompt, max_new_tokens=12), expected)
 
 
 def test_config_overrides_resize_a_random_model():
-    config = gpt.GPTConfig.from_hf(tiny_decoder("llama", head=False).config, n_head=3, n_embd=24)
+    config = convert.gpt_config_from_hf(tiny_decoder("llama", None).config, n_head=3, n_embd=24)
     assert (config.head_dim, config.n_kv_head, config.n_inner) == (8, 1, 40)  # derived, keeping the proportions
     with pytest.raises(Exception, match="unknown model.net option"):
-        bert.BertConfig.from_hf(tiny_bert_config(), n_layers=2)
+        convert.bert_config_from_hf(tiny_bert_config(), n_layers=2)
+    mixed = gpt.GPT(gpt.GPTConfig(vocab_size=V, block_size=8, n_layer=1, n_head=2, n_embd=16, positions="rotary"))
+    with pytest.raises(UserError, match="only the GPT-2 and Llama layouts export"):  # rotary with LayerNorm: neither
+        to_hf(mixed)
 
 
-def test_bert_build_classifier_random_from_bundled_config():
-    net = bert.build_classifier("all-minilm-l6-v2", num_labels=2, pretrained=False, n_layer=1, n_embd=64, n_head=4)
+def test_build_bert_random_from_bundled_config():
+    net = convert.build_bert("all-minilm-l6-v2", num_labels=2, pretrained=False, n_layer=1, n_embd=64, n_head=4)
     assert (net.config.vocab_size, net.config.n_inner, net.config.pad_token_id) == (30522, 256, 0)
     ids = torch.randint(0, 30522, (2, 6))
     assert net(ids, torch.ones_like(ids)).shape == (2, 2)
@@ -198,30 +249,91 @@ def test_bert_scratch_yaml_builds_the_lightning_module():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="bert_scratch", overrides=["net.pretrained=false", "+net.n_layer=1"])
     module = instantiate(cfg, _recursive_=False)
-    assert isinstance(module.net, bert.Bert) and len(module.net.encoder) == 1
+    assert isinstance(module.net, bert.BertForSequenceClassification) and len(module.net.encoder) == 1
     ids = torch.randint(0, 30522, (2, 6))
     assert module(ids, torch.ones_like(ids)).shape == (2, 2)
+    tagger = instantiate(cfg.net, head="token", num_labels=12)  # how a module for another task builds its net
+    assert isinstance(tagger, bert.BertForTokenClassification) and tagger(ids).shape == (2, 6, 12)
 
 
-def test_build_classifier_from_saved_folders(tiny_bert, tiny_gpt2):
-    """build_classifier's own path: a folder saved by `save_pretrained` (conftest's tiny models), the
+def test_builders_load_saved_folders(tiny_bert, tiny_gpt2):
+    """The builders' own path: a folder saved by `save_pretrained` (conftest's tiny models), the
     tokenizer's pad id, a `BertForSequenceClassification` head reused, GPT-2's `transformer.` prefix and
     Conv1D weights, and its missing pad token replaced by end-of-text."""
     ids = torch.tensor([[5, 9, 14, 3, 8], [7, 2, 11, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    ours = bert.build_classifier(tiny_bert, num_labels=2).eval()
+    ours = convert.build_bert(tiny_bert, num_labels=2).eval()
     hf = transformers.BertForSequenceClassification.from_pretrained(tiny_bert).eval()
     assert ours.fresh_heads == [] and ours.config.pad_token_id == load_tokenizer(tiny_bert).pad_token_id
     with torch.no_grad():
         assert _maxdiff(ours(ids, mask), hf(ids, attention_mask=mask).logits) <= 1e-5
 
-    ours = gpt.build_classifier(tiny_gpt2, num_labels=2).eval()
+    ours = convert.build_gpt(tiny_gpt2, num_labels=2).eval()
     hf = transformers.GPT2Model.from_pretrained(tiny_gpt2).eval()
     tokenizer = load_tokenizer(tiny_gpt2)
     assert ours.fresh_heads == ["score.weight"]
     assert ours.config.pad_token_id == tokenizer.pad_token_id == tokenizer.eos_token_id
     with torch.no_grad():
         assert _maxdiff(ours.hidden_states(ids, mask), hf(ids, attention_mask=mask).last_hidden_state, mask) <= 1e-5
+
+
+def test_builders_take_a_head(tiny_bert, tiny_gpt2):
+    """One contract for the library's models and ours: head="token" gives (B, T, num_labels) logits; an
+    unknown head is a UserError naming the choices."""
+    ids = torch.tensor([[5, 9, 14, 3, 8], [7, 2, 11, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        for checkpoint in (tiny_bert, tiny_gpt2):
+            net = library.build(checkpoint, head="token", num_labels=5).eval()
+            assert net(input_ids=ids, attention_mask=mask).logits.shape == (2, 5, 5)
+        net = convert.build_bert(tiny_bert, head="token", num_labels=5).eval()
+        assert isinstance(net, bert.BertForTokenClassification) and net(ids, mask).shape == (2, 5, 5)
+        assert sorted(net.fresh_heads) == ["classifier.bias", "classifier.weight"]  # the checkpoint's is for 2 labels
+        net = convert.build_gpt(tiny_gpt2, head="token", num_labels=5).eval()
+        assert isinstance(net, gpt.GPTForTokenClassification) and net(ids, mask).shape == (2, 5, 5)
+        assert sorted(net.fresh_heads) == ["classifier.bias", "classifier.weight"]
+    for build in (library.build, convert.build_bert, convert.build_gpt):
+        with pytest.raises(UserError, match="head=span: choose sequence .* or token"):
+            build(tiny_bert if build is not convert.build_gpt else tiny_gpt2, head="span")
+
+
+# ----- load and export: every head, both directions ---------------------------------------------------------------
+
+HEADS = [
+    ("bert", transformers.BertForSequenceClassification, bert.BertForSequenceClassification),
+    ("bert", transformers.BertForTokenClassification, bert.BertForTokenClassification),
+    ("gpt2", transformers.GPT2ForSequenceClassification, gpt.GPTForSequenceClassification),
+    ("gpt2", transformers.GPT2ForTokenClassification, gpt.GPTForTokenClassification),
+    ("llama", transformers.LlamaForSequenceClassification, gpt.GPTForSequenceClassification),
+    ("llama", transformers.LlamaForTokenClassification, gpt.GPTForTokenClassification),
+]
+
+
+@pytest.mark.parametrize("kind, library_cls, ours_cls", HEADS, ids=[h[1].__name__ for h in HEADS])
+def test_load_then_export_gives_back_the_library_checkpoint(kind, library_cls, ours_cls, batch):
+    """A library checkpoint loaded into ours and exported again: the same tensor names and values, a config
+    from which the library builds the same model, and from which ours builds the same config again."""
+    if kind == "bert":
+        torch.manual_seed(0)
+        hf = library_cls(tiny_bert_config(num_labels=5)).eval()
+    else:
+        hf = tiny_decoder(kind, "token" if "Token" in library_cls.__name__ else "sequence", num_labels=5)
+    with torch.no_grad():  # no tensor left at its exact init (zero biases, unit norms) hides a wrong mapping
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ours = from_hf(ours_cls, hf.config, hf.state_dict()).eval()
+    config, state_dict = to_hf(ours)
+    expected = hf.state_dict()
+    assert sorted(state_dict) == sorted(expected)
+    assert all(torch.equal(state_dict[k], expected[k]) for k in expected)
+
+    again = library_cls(config).eval()
+    again.load_state_dict(state_dict, strict=True)
+    ids, mask = batch
+    with torch.no_grad():
+        assert torch.equal(again(ids, attention_mask=mask).logits, hf(ids, attention_mask=mask).logits)
+    config_from_hf = convert.bert_config_from_hf if kind == "bert" else convert.gpt_config_from_hf
+    assert config_from_hf(config) == ours.config
 
 
 # ----- the real bundled weights --------------------------------------------------------------------------------
@@ -232,7 +344,7 @@ def test_minilm_matches_hf():
     tokenizer = load_tokenizer(name)
     enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     hf = transformers.BertModel.from_pretrained(resolve_checkpoint(name)).eval()
-    ours = bert.build_classifier(name, num_labels=2).eval()
+    ours = convert.build_bert(name, num_labels=2).eval()
     assert sorted(ours.fresh_heads) == ["classifier.bias", "classifier.weight"]
     assert ours.config.pad_token_id == tokenizer.pad_token_id
     with torch.no_grad():
@@ -247,7 +359,7 @@ def test_minilm_matches_hf():
 def smollm2():
     name = "smollm2-135m"
     hf = transformers.LlamaForCausalLM.from_pretrained(resolve_checkpoint(name)).eval()
-    ours = gpt.build_classifier(name, num_labels=2).eval()
+    ours = convert.build_gpt(name, num_labels=2).eval()
     return load_tokenizer(name), hf, ours
 
 
@@ -291,6 +403,6 @@ def test_gpt_scratch_yaml_builds_the_lightning_module():
         cfg = compose(config_name="gpt_scratch", overrides=["net.pretrained=false", "+net.n_layer=1", "+net.n_embd=64", "+net.n_head=4"])
     module = instantiate(cfg, _recursive_=False)
     net = module.net
-    assert isinstance(net, gpt.GPT) and net.config.positions == "rotary" and net.config.pad_token_id == 2
+    assert isinstance(net, gpt.GPTForSequenceClassification) and net.config.positions == "rotary" and net.config.pad_token_id == 2
     ids = torch.randint(0, 49152, (2, 6))
     assert module(ids, torch.ones_like(ids)).shape == (2, 2)

@@ -103,10 +103,10 @@ def test_fused_adamw_still_clips_the_gradients(precision, tiny_bert, toy_csv, tm
 
 
 def test_attention_dropout_is_set_on_library_and_own_models(tiny_bert, tiny_gpt2):
-    from bertgpt.models import bert, gpt, library
+    from bertgpt.models import convert, library
 
     assert library.build(tiny_bert, attn_dropout=0.0).config.attention_probs_dropout_prob == 0.0
     assert library.build(tiny_bert).config.attention_probs_dropout_prob == 0.1  # None: the checkpoint's
     assert library.build(tiny_gpt2, attn_dropout=0.0).config.attn_pdrop == 0.0
-    assert bert.build_classifier(tiny_bert, attn_dropout=0.0).config.attn_dropout == 0.0
-    assert gpt.build_classifier(tiny_gpt2, attn_dropout=0.0).config.attn_dropout == 0.0
+    assert convert.build_bert(tiny_bert, attn_dropout=0.0).config.attn_dropout == 0.0
+    assert convert.build_gpt(tiny_gpt2, attn_dropout=0.0).config.attn_dropout == 0.0

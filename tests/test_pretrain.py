@@ -20,7 +20,7 @@ from bertgpt.data import tokenize
 from bertgpt.data.blocks import TextBlocks, cut_blocks, documents
 from bertgpt.data.reviews import IMDBDataModule
 from bertgpt.experiments.pretrain import export
-from bertgpt.models import bert, gpt
+from bertgpt.models import convert
 from bertgpt.tasks.language_model import (
     IGNORE,
     LanguageModel,
@@ -173,7 +173,7 @@ def test_export_loads_in_transformers_with_the_same_logits(objective, library, m
 
     # What fine-tuning loads (model=bert_scratch / gpt_scratch model.net.checkpoint=<export>): the same body, right
     # padding with [PAD] = 0, and the tokenizer's limit set to the positions the model has.
-    build = bert.build_classifier if objective == "mlm" else gpt.build_classifier
+    build = convert.build_bert if objective == "mlm" else convert.build_gpt
     classifier = build(str(folder)).eval()
     assert sorted(classifier.fresh_heads) == (["classifier.bias", "classifier.weight", "pooler.bias", "pooler.weight"] if objective == "mlm" else ["score.weight"])
     with torch.no_grad():

@@ -21,6 +21,7 @@ from bertgpt.cli import fail
 from bertgpt.data.tokenize import special_tokens
 from bertgpt.errors import UserError
 from bertgpt.files import atomic_folder
+from bertgpt.models.convert import to_hf
 from bertgpt.pipeline import build_trainer, scalars, write_metrics
 from bertgpt.tasks.language_model import OBJECTIVES, LanguageModel
 from bertgpt.training.optim import count_parameters
@@ -39,11 +40,11 @@ def export(model: LanguageModel, folder: Path) -> Path:
     net, tokenizer = model.net, model.tokenizer
     start, end = special_tokens(tokenizer)
     architecture = "BertForMaskedLM" if model.hparams.objective == "mlm" else "GPT2LMHeadModel"
-    config = net.config.to_hf(architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
+    config, state_dict = to_hf(net, architectures=[architecture], bos_token_id=start[0] if start else None, eos_token_id=end[-1])
     tokenizer.model_max_length = model.hparams.block_size
     with atomic_folder(folder) as tmp:  # a rerun into the same folder: the old export goes once the new one is whole
         config.save_pretrained(tmp)
-        save_file({k: v.float().cpu().contiguous() for k, v in net.to_hf_state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        save_file({k: v.float().cpu().contiguous() for k, v in state_dict.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
     log.info("Exported a Hugging Face %s to %s", architecture, folder)
     return folder

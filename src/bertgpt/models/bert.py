@@ -1,16 +1,22 @@
-"""A hand-written BERT that loads Hugging Face BERT checkpoints and exports its own.
+"""A hand-written BERT: the encoder body and its task heads, as Hugging Face computes them.
 
-`Bert` computes what `transformers.BertForSequenceClassification` computes (to ~1e-6 in fp32):
-embeddings -> post-LN encoder blocks -> pooler (dense + tanh on [CLS]) -> dropout -> classifier.
-`BertForMaskedLM` puts BERT's pretraining head on the same encoder instead: what
-`transformers.BertForMaskedLM` computes. Names follow the Hugging Face checkpoint; `hf_names` below is
-the whole mapping, read one way to load and the other way to export. The one structural change is that
-query, key and value are stacked into one `qkv` projection at load time: one matmul instead of three.
+Reading order: `BertConfig`, the body's parts (`Embeddings`, `SelfAttention`, post-LN `Layer`), the `Encoder`
+body (embeddings + blocks, what HF's `BertModel` computes without its pooler), then one class per head:
+
+    BertForSequenceClassification  pooler (dense + tanh on [CLS]) -> dropout -> classifier   (B, num_labels)
+    BertForTokenClassification     dropout -> classifier on every token                     (B, T, num_labels)
+    BertForMaskedLM                dense -> GELU -> LayerNorm -> tied decoder on every token (B, T, vocab)
+
+each matching the `transformers` class of the same name to ~1e-6 in fp32. Parameter names follow the HF
+checkpoint, so the mapping (models/convert.py, which also translates configs and builds models from
+checkpoints) is one to one, with a single structural change: query, key and value are stacked into one
+`qkv` projection at load time, one matmul instead of three. This file knows nothing of Hugging Face.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +24,6 @@ from torch import nn
 
 from bertgpt.errors import UserError
 from bertgpt.models.attention import check_choice, scaled_dot_product_attention
-from bertgpt.models.convert import (
-    build_pretrained,
-    init_weights,
-    load_mapped,
-    make_config,
-    unmap,
-)
-
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}  # HF hidden_act -> ours
 
 
 @dataclass
@@ -55,33 +52,22 @@ class BertConfig:
         if self.activation not in ("gelu", "gelu_tanh"):
             raise UserError(f"activation={self.activation}: choose gelu or gelu_tanh.")
 
-    @classmethod
-    def from_hf(cls, hf, **overrides) -> "BertConfig":
-        if hf.model_type != "bert" or getattr(hf, "position_embedding_type", "absolute") != "absolute":
-            raise UserError(f"bert.py loads BERT checkpoints with absolute positions, not {hf.model_type}.")
-        act = ACTIVATIONS.get(hf.hidden_act)
-        if act is None:
-            raise UserError(f"hidden_act={hf.hidden_act} is not supported by bert.py (gelu variants only).")
-        fields = dict(
-            vocab_size=hf.vocab_size, block_size=hf.max_position_embeddings, type_vocab_size=hf.type_vocab_size,
-            n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads, n_embd=hf.hidden_size, n_inner=hf.intermediate_size,
-            activation=act, layer_norm_eps=hf.layer_norm_eps, dropout=hf.hidden_dropout_prob,
-            attn_dropout=hf.attention_probs_dropout_prob, classifier_dropout=getattr(hf, "classifier_dropout", None),
-            num_labels=hf.num_labels, pad_token_id=hf.pad_token_id, init_std=hf.initializer_range,
-        )
-        return make_config(cls, fields, overrides)
 
-    def to_hf(self, **extra):
-        """The Hugging Face `BertConfig` of this model (the inverse of `from_hf`), for exporting it."""
-        from transformers import BertConfig as HFBertConfig
-
-        return HFBertConfig(
-            vocab_size=self.vocab_size, max_position_embeddings=self.block_size, type_vocab_size=self.type_vocab_size,
-            num_hidden_layers=self.n_layer, num_attention_heads=self.n_head, hidden_size=self.n_embd, intermediate_size=self.n_inner,
-            hidden_act="gelu" if self.activation == "gelu" else "gelu_new", layer_norm_eps=self.layer_norm_eps,
-            hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.attn_dropout,
-            classifier_dropout=self.classifier_dropout, pad_token_id=self.pad_token_id, initializer_range=self.init_std, **extra,
-        )
+@torch.no_grad()
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The BERT / GPT-2 initialisation (gpt.py imports it). Each body applies it to itself and each head to
+    the modules it adds, so a head that a checkpoint lacks starts as it would in a random model."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
 
 class Embeddings(nn.Module):
@@ -152,6 +138,7 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.encoder = nn.ModuleList([Layer(config) for _ in range(config.n_layer)])
+        self.apply(partial(init_weights, std=config.init_std))
 
     def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None):
         """The last layer's output, (B, T, C): HF `BertModel(...).last_hidden_state`."""
@@ -163,38 +150,44 @@ class Encoder(nn.Module):
             x = layer(x, mask)
         return x
 
-    @classmethod
-    def from_hf_state_dict(cls, hf_config, state_dict, **overrides):
-        """This model with the weights of any HF BERT state dict: `BertModel` (MiniLM: no prefix) or
-        `BertFor*` (bert-base-uncased: `bert.` prefix). Task heads start fresh when absent."""
-        model = cls(BertConfig.from_hf(hf_config, **overrides))
-        state_dict = {k.removeprefix("bert."): v for k, v in state_dict.items()}
-        model.fresh_heads = load_mapped(model, state_dict, hf_names(model.config), optional=("pooler.", "classifier.", "mlm_head."))
-        return model
 
-    def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Our weights under the HF names of `BertFor*` (the inverse of `from_hf_state_dict`): the encoder
-        under `bert.`, the task heads (`cls.`, `classifier.`) at the top, as `save_pretrained` writes them."""
-        hf = unmap(self.state_dict(), hf_names(self.config))
-        return {k if k.startswith(("cls.", "classifier.")) else "bert." + k: v for k, v in hf.items()}
+def classifier_dropout(config: BertConfig) -> float:
+    """HF's rule for both classification heads: `classifier_dropout`, or the hidden dropout when unset."""
+    return config.dropout if config.classifier_dropout is None else config.classifier_dropout
 
 
-class Bert(Encoder):
-    """The sequence classifier: pooled [CLS] -> dropout -> classifier."""
+class BertForSequenceClassification(Encoder):
+    """One label per sequence, from the pooled [CLS] token: pooler -> dropout -> classifier."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.pooler = nn.Linear(config.n_embd, config.n_embd)
-        dropout = config.dropout if config.classifier_dropout is None else config.classifier_dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
-        self.apply(lambda m: init_weights(m, config.init_std))
+        for head in (self.pooler, self.classifier):
+            init_weights(head, config.init_std)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Class logits, (B, num_labels), from the pooled [CLS] token."""
         x = self.hidden_states(input_ids, attention_mask, token_type_ids)
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, C)
         return self.classifier(self.dropout(pooled))
+
+
+class BertForTokenClassification(Encoder):
+    """One label per token (POS tags, named entities): dropout -> classifier on every hidden state, no pooler."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        init_weights(self.classifier, config.init_std)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Label logits at every position, (B, T, num_labels): HF `BertForTokenClassification(...).logits`.
+        A pad position gets logits too; the loss must skip it (label -100)."""
+        x = self.hidden_states(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        return self.classifier(self.dropout(x))
 
 
 class MaskedLMHead(nn.Module):
@@ -219,7 +212,7 @@ class BertForMaskedLM(Encoder):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.mlm_head = MaskedLMHead(config)
-        self.apply(lambda m: init_weights(m, config.init_std))
+        self.mlm_head.apply(partial(init_weights, std=config.init_std))
 
     def lm_logits(self, x):
         """Vocabulary logits for hidden states x (..., C). Pretraining passes only the masked positions:
@@ -229,32 +222,3 @@ class BertForMaskedLM(Encoder):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Vocabulary logits at every position, (B, T, vocab): HF `BertForMaskedLM(...).logits`."""
         return self.lm_logits(self.hidden_states(input_ids, attention_mask, token_type_ids))
-
-
-def hf_names(config: BertConfig) -> dict[str, tuple[str, ...]]:
-    """Each of our tensors -> the HF tensors (without the `bert.` prefix) it is made of. A model uses the
-    entries of the tensors it has: the classifier's pooler and classifier, or the masked-LM head."""
-    names = {}
-    for w in ("weight", "bias"):
-        for i in range(config.n_layer):
-            hf, ours = f"encoder.layer.{i}.", f"encoder.{i}."
-            names[ours + f"attention.qkv.{w}"] = tuple(hf + f"attention.self.{n}.{w}" for n in ("query", "key", "value"))
-            names[ours + f"attention.dense.{w}"] = (hf + f"attention.output.dense.{w}",)
-            names[ours + f"attention_norm.{w}"] = (hf + f"attention.output.LayerNorm.{w}",)
-            names[ours + f"intermediate.{w}"] = (hf + f"intermediate.dense.{w}",)
-            names[ours + f"output.{w}"] = (hf + f"output.dense.{w}",)
-            names[ours + f"output_norm.{w}"] = (hf + f"output.LayerNorm.{w}",)
-        names[f"embeddings.LayerNorm.{w}"] = (f"embeddings.LayerNorm.{w}",)
-        names[f"pooler.{w}"] = (f"pooler.dense.{w}",)
-        names[f"classifier.{w}"] = (f"classifier.{w}",)
-        names[f"mlm_head.dense.{w}"] = (f"cls.predictions.transform.dense.{w}",)
-        names[f"mlm_head.LayerNorm.{w}"] = (f"cls.predictions.transform.LayerNorm.{w}",)
-    names["mlm_head.bias"] = ("cls.predictions.bias",)
-    for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        names[f"embeddings.{table}.weight"] = (f"embeddings.{table}.weight",)
-    return names
-
-
-def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True, **config_overrides) -> Bert:
-    """Our Bert on `checkpoint` with a fresh `num_labels` classifier; see `layers.build_pretrained`."""
-    return build_pretrained(Bert, BertConfig, checkpoint, num_labels, pretrained, **config_overrides)

@@ -1,6 +1,6 @@
-"""A hand-written decoder-only Transformer that loads GPT-2 and Llama checkpoints (SmolLM2).
+"""A hand-written decoder-only Transformer in the GPT-2 and Llama layouts (SmolLM2): the body and its heads.
 
-One model class; a few config fields pick the parts that differ between the two families:
+One body; a few config fields pick the parts that differ between the two families:
 
                  GPT-2                          Llama / SmolLM2
     norm         layernorm (with bias)          rmsnorm
@@ -9,10 +9,16 @@ One model class; a few config fields pick the parts that differ between the two 
     attention    n_kv_head = n_head             n_kv_head < n_head (grouped-query)
     bias         true                           false
 
-It classifies like Hugging Face's `*ForSequenceClassification`: a `score` projection (no bias) of the last
-real token (num_labels=0: no `score`, a language model only, as pretraining builds it). Names follow GPT-2 (nanoGPT's), so a GPT-2 checkpoint maps one to one; `hf_names` holds the
-whole mapping for both layouts. At load time Llama's q/k/v projections are stacked into one `c_attn` and
-its gate/up projections into one `c_fc`: one matmul each instead of three and two.
+Reading order: `GPTConfig`, the body's parts, then the models, each matching its Hugging Face counterpart:
+
+    GPT                           the language model: next-token logits (B, T, vocab); `generate`
+    GPTForSequenceClassification  `score` (no bias) on the last real token          (B, num_labels)
+    GPTForTokenClassification     dropout -> `classifier` (bias) at every position  (B, T, num_labels)
+
+Names follow GPT-2 (nanoGPT's), so a GPT-2 checkpoint maps one to one; models/convert.py holds the mapping
+for both layouts, the config translation and the builders; this file knows nothing of Hugging Face. At load
+time Llama's q/k/v projections are stacked into one `c_attn` and its gate/up projections into one `c_fc`:
+one matmul each instead of three and two.
 
 Positions are counted over real tokens only (cumsum of attention_mask), so a left-padded batch gives the
 same result as a right-padded one.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +36,7 @@ from torch import nn
 
 from bertgpt.errors import UserError
 from bertgpt.models.attention import check_choice, scaled_dot_product_attention
-from bertgpt.models.convert import (
-    build_pretrained,
-    init_weights,
-    load_mapped,
-    make_config,
-    unmap,
-)
-
-# GPT-2 stores these projections as Conv1D, (in, out): nn.Linear's weight is (out, in).
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+from bertgpt.models.bert import init_weights
 
 
 @dataclass
@@ -60,7 +58,8 @@ class GPTConfig:
     tie_embeddings: bool = True  # the LM head reuses wte
     dropout: float = 0.0  # on embeddings and residual branches
     attn_dropout: float = 0.0
-    num_labels: int = 2  # 0: no classification head
+    num_labels: int = 2  # for the classification heads
+    classifier_dropout: float = 0.1  # the token head's, as HF's *ForTokenClassification; the sequence head has none
     pad_token_id: int | None = None  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
     attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
@@ -78,59 +77,6 @@ class GPTConfig:
             raise UserError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}.")
         if self.positions == "rotary" and self.head_dim % 2:
             raise UserError(f"rotary positions rotate pairs of dimensions: head_dim={self.head_dim} must be even.")
-
-    @classmethod
-    def from_hf(cls, hf, **overrides) -> "GPTConfig":
-        """Our config for a Hugging Face GPT-2 or Llama config; `overrides` (n_layer=2, ...) win."""
-        if hf.model_type == "gpt2":
-            if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-                raise UserError(f"activation_function={hf.activation_function}: gpt.py has GPT-2's tanh GELU only.")
-            if hf.scale_attn_by_inverse_layer_idx or hf.reorder_and_upcast_attn or not hf.scale_attn_weights:
-                raise UserError("gpt.py supports GPT-2's standard attention scaling only.")
-            fields = dict(
-                vocab_size=hf.vocab_size, block_size=hf.n_positions, n_layer=hf.n_layer, n_head=hf.n_head,
-                n_kv_head=hf.n_head, n_embd=hf.n_embd, head_dim=hf.n_embd // hf.n_head, n_inner=hf.n_inner or 4 * hf.n_embd,
-                norm="layernorm", norm_eps=hf.layer_norm_epsilon, positions="learned", mlp="gelu", bias=True,
-                tie_embeddings=hf.tie_word_embeddings, dropout=hf.resid_pdrop, attn_dropout=hf.attn_pdrop,
-            )
-        elif hf.model_type == "llama":
-            rope = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
-            if rope.get("rope_type", "default") != "default":
-                raise UserError(f"rope_type={rope['rope_type']}: gpt.py has plain rotary positions only (no scaling).")
-            if hf.hidden_act != "silu" or hf.attention_bias != getattr(hf, "mlp_bias", False):
-                raise UserError("gpt.py expects Llama's SiLU and the same bias setting for attention and MLP.")
-            fields = dict(
-                vocab_size=hf.vocab_size, block_size=hf.max_position_embeddings, n_layer=hf.num_hidden_layers,
-                n_head=hf.num_attention_heads, n_kv_head=hf.num_key_value_heads, n_embd=hf.hidden_size,
-                head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads, n_inner=hf.intermediate_size,
-                norm="rmsnorm", norm_eps=hf.rms_norm_eps, positions="rotary",
-                rope_theta=rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0)), mlp="swiglu",
-                bias=hf.attention_bias, tie_embeddings=hf.tie_word_embeddings, dropout=0.0, attn_dropout=hf.attention_dropout,
-            )
-        else:
-            raise UserError(f"gpt.py loads gpt2 and llama checkpoints, not {hf.model_type}.")
-        pad = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
-        fields.update(num_labels=hf.num_labels, pad_token_id=pad, init_std=hf.initializer_range)
-        # A resized model derives head_dim and the kv-head count afresh unless they are set too.
-        if ("n_embd" in overrides or "n_head" in overrides) and "head_dim" not in overrides:
-            fields["head_dim"] = None
-        if "n_head" in overrides and "n_kv_head" not in overrides:
-            fields["n_kv_head"] = max(1, overrides["n_head"] // (fields["n_head"] // fields["n_kv_head"]))
-        return make_config(cls, fields, overrides)
-
-    def to_hf(self, **extra):
-        """The Hugging Face `GPT2Config` of this model (the inverse of `from_hf`), for exporting it."""
-        gpt2 = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, n_kv_head=self.n_head, head_dim=self.n_embd // self.n_head)
-        if any(getattr(self, k) != v for k, v in gpt2.items()):
-            raise UserError(f"only the GPT-2 layout exports ({', '.join(f'{k}={v}' for k, v in gpt2.items())}).")
-        from transformers import GPT2Config
-
-        return GPT2Config(
-            vocab_size=self.vocab_size, n_positions=self.block_size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-            n_inner=self.n_inner, activation_function="gelu_new", layer_norm_epsilon=self.norm_eps, tie_word_embeddings=self.tie_embeddings,
-            embd_pdrop=self.dropout, resid_pdrop=self.dropout, attn_pdrop=self.attn_dropout, pad_token_id=self.pad_token_id,
-            initializer_range=self.init_std, **extra,
-        )
 
 
 def norm(config: GPTConfig) -> nn.Module:
@@ -235,6 +181,9 @@ def attention_inputs(attention_mask: torch.Tensor | None, T: int, device) -> tup
 
 
 class GPT(nn.Module):
+    """The body and its language-model head: HF `GPT2LMHeadModel` / `LlamaForCausalLM`, what pretraining trains.
+    The classifiers below add their heads to it."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -247,8 +196,7 @@ class GPT(nn.Module):
         if config.positions == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False) if config.num_labels else None
-        self.apply(lambda m: init_weights(m, config.init_std))
+        self.apply(partial(init_weights, std=config.init_std))
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
@@ -268,19 +216,13 @@ class GPT(nn.Module):
             x = block(x, mask, rope)
         return self.transformer.ln_f(x)
 
-    def forward(self, input_ids, attention_mask=None):
-        """Class logits, (B, num_labels), from the last real token: the last 1 in each attention_mask row,
-        which is the final position under left padding and the last word under right padding."""
-        x = self.hidden_states(input_ids, attention_mask)
-        if attention_mask is None:
-            return self.score(x[:, -1])
-        B, T = input_ids.size()
-        last = (torch.arange(T, device=x.device) * attention_mask).argmax(-1)  # (B,)
-        return self.score(x[torch.arange(B, device=x.device), last])  # (B, num_labels)
-
     def lm_logits(self, x):
-        """Next-token logits for hidden states x (..., C)."""
+        """Next-token logits for hidden states x (..., C). Pretraining passes only the positions it scores."""
         return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.transformer.wte.weight)
+
+    def forward(self, input_ids, attention_mask=None):
+        """Next-token logits at every position, (B, T, vocab): HF `GPT2LMHeadModel(...).logits`."""
+        return self.lm_logits(self.hidden_states(input_ids, attention_mask))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, top_k: int | None = None, temperature: float = 1.0):
@@ -300,59 +242,40 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
 
-    @classmethod
-    def from_hf_state_dict(cls, hf_config, state_dict, **overrides) -> "GPT":
-        """Our GPT with the weights of a HF GPT-2 or Llama state dict, bare (`GPT2Model`, `LlamaModel`) or
-        with a head (`transformer.` / `model.` prefix). `score` (and an untied `lm_head`) start fresh when absent."""
-        model = cls(GPTConfig.from_hf(hf_config, **overrides))
-        prefix = "transformer." if hf_config.model_type == "gpt2" else "model."
-        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
-        if hf_config.model_type == "gpt2":
-            state_dict = {k: v.t() if k.endswith(CONV1D) else v for k, v in state_dict.items()}
-        names = hf_names(model.config, hf_config.model_type)
-        model.fresh_heads = load_mapped(model, state_dict, names, optional=("score.", "lm_head."))
-        return model
 
-    def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Our weights under GPT-2's HF names (`GPT2LMHeadModel`; the inverse of `from_hf_state_dict`):
-        the body under `transformer.` with its projections transposed back to Conv1D, the heads at the top.
-        A tied LM head is wte itself, which HF ties again on load. GPT-2 layout only (see `GPTConfig.to_hf`)."""
-        self.config.to_hf()  # refuses the Llama layout
-        hf = unmap(self.state_dict(), hf_names(self.config, "gpt2"))
-        hf = {k: v.t().contiguous() if k.endswith(CONV1D) else v for k, v in hf.items()}
-        return {k if k.startswith(("lm_head.", "score.")) else "transformer." + k: v for k, v in hf.items()}
+class GPTForSequenceClassification(GPT):
+    """One label per sequence, from the last real token: HF `GPT2ForSequenceClassification` /
+    `LlamaForSequenceClassification`. In a decoder only the last token has read the whole text."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        init_weights(self.score, config.init_std)
+
+    def forward(self, input_ids, attention_mask=None):
+        """Class logits, (B, num_labels), from the last real token: the last 1 in each attention_mask row,
+        which is the final position under left padding and the last word under right padding."""
+        x = self.hidden_states(input_ids, attention_mask)
+        if attention_mask is None:
+            return self.score(x[:, -1])
+        B, T = input_ids.size()
+        last = (torch.arange(T, device=x.device) * attention_mask).argmax(-1)  # (B,)
+        return self.score(x[torch.arange(B, device=x.device), last])  # (B, num_labels)
 
 
-def hf_names(config: GPTConfig, layout: str) -> dict[str, tuple[str, ...]]:
-    """Each of our tensors -> the HF tensors (without the `transformer.` / `model.` prefix) it is made of."""
-    names = {"score.weight": ("score.weight",)}
-    if not config.tie_embeddings:
-        names["lm_head.weight"] = ("lm_head.weight",)
-    if layout == "gpt2":  # our names are GPT-2's
-        names["transformer.wte.weight"] = ("wte.weight",)
-        names["transformer.wpe.weight"] = ("wpe.weight",)
-        layer = {n: (n,) for n in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")}
-        final_norm = "ln_f"
-    else:
-        names["transformer.wte.weight"] = ("embed_tokens.weight",)
-        layer = {
-            "ln_1": ("input_layernorm",),
-            "attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-            "attn.c_proj": ("self_attn.o_proj",),
-            "ln_2": ("post_attention_layernorm",),
-            "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj"),
-            "mlp.c_proj": ("mlp.down_proj",),
-        }
-        final_norm = "norm"
-    hf_block = "h" if layout == "gpt2" else "layers"
-    for w in ("weight", "bias"):
-        names[f"transformer.ln_f.{w}"] = (f"{final_norm}.{w}",)
-        for i in range(config.n_layer):
-            for ours, theirs in layer.items():
-                names[f"transformer.h.{i}.{ours}.{w}"] = tuple(f"{hf_block}.{i}.{t}.{w}" for t in theirs)
-    return names
+class GPTForTokenClassification(GPT):
+    """One label per token, each read from what the decoder has seen so far (itself and the tokens before
+    it): dropout -> `classifier` at every position, HF `GPT2ForTokenClassification` (which names it
+    `classifier`) / `LlamaForTokenClassification` (`score`), both with a bias."""
 
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        init_weights(self.classifier, config.init_std)
 
-def build_classifier(checkpoint: str, num_labels: int = 2, pretrained: bool = True, **config_overrides) -> GPT:
-    """Our GPT on `checkpoint` with a fresh `num_labels` score head; see `layers.build_pretrained`."""
-    return build_pretrained(GPT, GPTConfig, checkpoint, num_labels, pretrained, **config_overrides)
+    def forward(self, input_ids, attention_mask=None):
+        """Label logits at every position, (B, T, num_labels). A pad position gets logits too; the loss must
+        skip it (label -100)."""
+        x = self.hidden_states(input_ids, attention_mask)  # (B, T, C)
+        return self.classifier(self.dropout(x))

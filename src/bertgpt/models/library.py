@@ -1,14 +1,11 @@
-"""Library backbones: any Hugging Face `AutoModelForSequenceClassification` (BERT, GPT-2, Llama, ...)."""
+"""Library backbones: any Hugging Face `AutoModelFor{Sequence,Token}Classification` (BERT, GPT-2, Llama, ...)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import transformers
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from bertgpt.errors import UserError
 from bertgpt.models.attention import check_choice, register_with_transformers
@@ -31,16 +28,30 @@ def load_tokenizer(checkpoint: str):
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
 
 
+HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
+
+
+def choose_head(heads: Mapping[str, type], head: str) -> type:
+    """`heads[head]`: what builds that head (here, and for our own models in convert.py), or a UserError."""
+    if head not in heads:
+        raise UserError(f"head={head}: choose sequence (one label per text) or token (one label per token).")
+    return heads[head]
+
+
 def build(
-    checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True, attn_dropout: float | None = None, attention: str = "auto"
+    checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True,
+    attn_dropout: float | None = None, attention: str = "auto",
 ):
-    """A sequence classifier on `checkpoint`: BERT pools `[CLS]`, decoders read the last non-pad token.
+    """A classifier on `checkpoint` with a fresh `num_labels` head. head="sequence": one label per text, BERT
+    pools `[CLS]` and decoders read the last non-pad token, logits (B, num_labels); head="token": one label
+    per token, logits (B, T, num_labels).
 
     `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
     replaces the checkpoint's attention dropout (None keeps it). `attention`: auto (matmul attention on a CPU,
-    SDPA on a GPU: `bertgpt.models.attention`) or sdpa (transformers' own SDPA everywhere). The same two keys
-    set our own models.
+    SDPA on a GPU: `bertgpt.models.attention`) or sdpa (transformers' own SDPA everywhere). The same keys
+    set our own models (`bertgpt.models.convert.build_bert` / `build_gpt`).
     """
+    auto_model = choose_head(HEADS, head)
     implementation = register_with_transformers() if check_choice(attention) == "auto" else "sdpa"
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
     config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
@@ -48,10 +59,7 @@ def build(
         for field in ATTENTION_DROPOUT_FIELDS:
             if hasattr(config, field):
                 setattr(config, field, attn_dropout)
-    heads = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
-    if head not in heads:
-        raise UserError(f"head={head}: choose sequence or token.")
-    factory = heads[head]
     if not pretrained:
-        return factory.from_config(config, attn_implementation=implementation)
-    return from_pretrained(factory, checkpoint, config=config, attn_implementation=implementation)
+        return auto_model.from_config(config, attn_implementation=implementation)
+    # A checkpoint fine-tuned for another number of labels (or another head) gets a fresh head, as ours do.
+    return from_pretrained(auto_model, checkpoint, config=config, attn_implementation=implementation, ignore_mismatched_sizes=True)

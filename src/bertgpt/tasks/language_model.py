@@ -86,8 +86,8 @@ class LanguageModel(L.LightningModule):
                      n_inner=n_inner, dropout=dropout, attn_dropout=dropout, pad_token_id=self.tokenizer.pad_token_id)
         if objective == "mlm":
             self.net = BertForMaskedLM(BertConfig(**sizes))
-        else:  # GPTConfig's defaults are the GPT-2 layout; no classification head (fine-tuning adds a fresh one)
-            self.net = GPT(GPTConfig(**sizes, num_labels=0))
+        else:  # GPTConfig's defaults are the GPT-2 layout; GPT has no classification head (fine-tuning adds a fresh one)
+            self.net = GPT(GPTConfig(**sizes))
         self.register_buffer("special_ids", torch.tensor(self.tokenizer.all_special_ids), persistent=False)
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self.last_val_step = -1
