@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import re
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 import conllu
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from bertgpt.data import tokenize
@@ -335,7 +337,7 @@ def majority_tag_baseline(train: list[Sentence], test: list[Sentence]) -> float:
     """Word accuracy on `test` of tagging each word with its most frequent tag in `train`.
 
     Ties between a word's tags go to the tag more frequent overall; words unseen in train get the most frequent
-    tag overall. The floor a tagger must beat (about 90% on Brown's universal tags).
+    tag overall. The floor a tagger must beat: 94.6% on Brown's universal tags, 90.3% on its own 472 (our split).
     """
     overall = Counter(tag for sentence in train for _, tag in sentence)
     if not overall:
@@ -357,15 +359,39 @@ def majority_tag_baseline(train: list[Sentence], test: list[Sentence]) -> float:
 
 
 def load_tagging_tokenizer(checkpoint: str):
-    """The checkpoint's fast tokenizer for words given one by one: byte-level BPE (GPT-2, SmolLM2) needs
-    `add_prefix_space=True` to tokenize each word as it is mid-sentence (" dog", not "dog"); WordPiece ignores it.
-    Decoders without a pad token pad with their end-of-text token."""
+    """The checkpoint's fast tokenizer, set to tokenize each word of a split sentence as it is mid-sentence.
+
+    Byte-level BPE (GPT-2, SmolLM2) marks a word's leading space in its first piece ("Ġdog" vs "dog"): given words
+    one by one, it must add that space to each. `add_prefix_space=True` does so for GPT-2's tokenizer class but
+    not for the generic one SmolLM2 loads as, so the backend's pre-tokenizer is set too. WordPiece ignores both.
+    Decoders without a pad token pad with their end-of-text token.
+    """
     tokenizer = from_pretrained(AutoTokenizer, checkpoint, add_prefix_space=True)
     if not tokenizer.is_fast:
         raise UserError(f"{checkpoint}: tagging needs a fast (Rust) tokenizer, to map subwords to words; this one is not.")
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    if prefix_every_word(state.get("pre_tokenizer")):
+        tokenizer.backend_tokenizer.pre_tokenizer = Tokenizer.from_str(json.dumps(state)).pre_tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def prefix_every_word(pre_tokenizer: dict | None) -> bool:
+    """Turns on the leading space of every byte-level / metaspace step of a serialized pre-tokenizer, in place;
+    whether any step changed."""
+    if pre_tokenizer is None:
+        return False
+    kind = pre_tokenizer["type"]
+    if kind == "Sequence":
+        return any([prefix_every_word(step) for step in pre_tokenizer["pretokenizers"]])  # a list: visit them all
+    if kind == "ByteLevel" and not pre_tokenizer["add_prefix_space"]:
+        pre_tokenizer["add_prefix_space"] = True
+        return True
+    if kind == "Metaspace" and pre_tokenizer.get("prepend_scheme") != "always":  # sentencepiece's "▁dog"
+        pre_tokenizer["prepend_scheme"] = "always"
+        return True
+    return False
 
 
 def encode_sentences(tokenizer, sentences: list[list[str]], tags: list[list[int]] | None, max_length: int,
@@ -381,10 +407,10 @@ def encode_sentences(tokenizer, sentences: list[list[str]], tags: list[list[int]
     budget = max_length - len(prefix) - len(suffix)
     encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
     ids, labels, first_word = [], [], []
-    for i, sentence in enumerate(sentences):
-        word_ids = encoded.word_ids(i)[:budget]  # [None]-free: no special tokens yet
+    for i in range(len(sentences)):
+        word_ids = encoded.word_ids(i)[:budget]  # no None: the special tokens are added below
         sentence_tags = tags[i] if tags is not None else None
-        firsts = [w if w != (word_ids[j - 1] if j else None) else -1 for j, w in enumerate(word_ids)]
+        firsts = [w if j == 0 or w != word_ids[j - 1] else -1 for j, w in enumerate(word_ids)]
         if sentence_tags is None:
             token_labels = [IGNORE] * len(word_ids)
         elif label_all_subwords:
@@ -444,24 +470,22 @@ class TaggingDataModule(TokenDataModule):
     def load_tokenizer(self):
         return load_tagging_tokenizer(self.hparams.tokenizer)
 
-    def corpus_path(self) -> tuple[Path, str]:
-        """The data path (the Brown corpus when none is given, fetched if missing) and its source."""
+    def source_format(self) -> str:
+        """brown, conllu or columns: what `data.source` says, or what `data.path` holds (no path: Brown)."""
         hp = self.hparams
         if hp.path is None:
             if hp.source not in ("auto", "brown"):
                 raise UserError(f"data.source={hp.source} needs data.path=... (a file or folder).")
-            return fetch_brown(hp.cache_dir), "brown"
+            return "brown"
         path = Path(hp.path).expanduser()
         if not path.exists():
             raise UserError(f"data.path={hp.path}: no such file or folder.")
-        return path, detect_source(path) if hp.source == "auto" else hp.source
+        return detect_source(path) if hp.source == "auto" else hp.source
 
     @property
     def fixed_labels(self) -> bool:
         """Brown's tags mapped to universal: the 12 tags in a fixed order, known without reading the data."""
-        hp = self.hparams
-        return hp.tagset == "universal" and (hp.source == "brown" or hp.path is None or
-                                             (hp.source == "auto" and detect_source(Path(hp.path).expanduser()) == "brown"))
+        return self.hparams.tagset == "universal" and self.source_format() == "brown"
 
     @property
     def labels(self) -> list[str]:
@@ -496,7 +520,8 @@ class TaggingDataModule(TokenDataModule):
         """The full splits (before size limits) and whether they are the source's own."""
         if self._raw is None:
             hp = self.hparams
-            path, source = self.corpus_path()
+            source = self.source_format()
+            path = fetch_brown(hp.cache_dir) if hp.path is None else Path(hp.path).expanduser()
             parts = read_parts(path, source, hp.tag_column, hp.tagset)
             self._own = "all" not in parts
             self._raw = parts if self._own else split_sentences(parts["all"], hp.split_seed)
