@@ -3,6 +3,7 @@ majority baseline and fetching the Brown corpus; all on tiny files the tests wri
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -272,7 +273,7 @@ def test_byte_level_words_get_their_space_whatever_the_tokenizer_class(tiny_gpt2
     tokenizer = load_tagging_tokenizer(str(folder))
     ids, _, first = encode_sentences(tokenizer, [["the", "film", "ending"]], None, max_length=16)
     starts = [j for j, w in enumerate(first[0]) if w >= 0] + [len(ids[0])]
-    assert [tokenizer.decode(ids[0][a:b]) for a, b in zip(starts, starts[1:])] == [" the", " film", " ending"]
+    assert [tokenizer.decode(ids[0][a:b]) for a, b in itertools.pairwise(starts)] == [" the", " film", " ending"]
 
 
 def test_long_sentence_is_cut_at_max_length_and_its_lost_words_counted(tiny_bert, tmp_path, caplog):
@@ -298,7 +299,7 @@ def test_long_sentence_is_cut_at_max_length_and_its_lost_words_counted(tiny_bert
 def brown_folder(tmp_path):
     """Twenty sentences in the Brown layout: 16 / 2 / 2 after the split."""
     folder = tmp_path / "brown"
-    lines = [f"\tThe/at jury/nn said/vbd {i}/cd things/nns ./." if i % 2 else f"\tIt/pps did/dod n't/* go/vb up/rp ./."
+    lines = [f"\tThe/at jury/nn said/vbd {i}/cd things/nns ./." if i % 2 else "\tIt/pps did/dod n't/* go/vb up/rp ./."
              for i in range(20)]
     write(folder / "ca01", "\n\n".join(lines[:12]) + "\n")
     write(folder / "cb01", "\n\n".join(lines[12:]) + "\n")
@@ -325,7 +326,7 @@ def test_universal_labels_are_known_before_reading_and_batches_are_padded(tiny_b
 
 
 def test_second_setup_reads_the_cache(tiny_bert, brown_folder, tmp_path, monkeypatch):
-    settings = dict(tokenizer=tiny_bert, path=str(brown_folder), cache_dir=str(tmp_path / "cache"))
+    settings = {"tokenizer": tiny_bert, "path": str(brown_folder), "cache_dir": str(tmp_path / "cache")}
     first = TaggingDataModule(**settings)
     first.setup()
     monkeypatch.setattr(tagging, "encode_sentences", lambda *a, **k: pytest.fail("tokenized again"))
@@ -372,11 +373,11 @@ def test_conllu_folder_uses_its_own_train_dev_test_files(tiny_bert, tmp_path):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(tagset="penn"), "data.tagset=penn: choose one of universal, brown"),
-        (dict(source="xml"), "data.source=xml: choose one of auto, brown, conllu, columns"),
-        (dict(max_length=4), "data.max_length=4 is below 8"),
-        (dict(source="conllu"), r"data.source=conllu needs data.path"),
-        (dict(path="/no/such/file.conllu"), "no such file or folder"),
+        ({"tagset": "penn"}, "data.tagset=penn: choose one of universal, brown"),
+        ({"source": "xml"}, "data.source=xml: choose one of auto, brown, conllu, columns"),
+        ({"max_length": 4}, "data.max_length=4 is below 8"),
+        ({"source": "conllu"}, r"data.source=conllu needs data.path"),
+        ({"path": "/no/such/file.conllu"}, "no such file or folder"),
     ],
 )
 def test_bad_settings(tiny_bert, settings, message):
