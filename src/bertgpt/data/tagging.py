@@ -541,7 +541,7 @@ class TaggingDataModule(TokenDataModule):
         for name, sentences in raw.items():
             # our split is already shuffled; a source's own split is in file order, so a limit draws at random
             order = rng.permutation(len(sentences)) if own and limits[name] else np.arange(len(sentences))
-            splits[name] = [sentences[i] for i in order[: limits[name]]]
+            splits[name] = [sentences[i] for i in order[: limits[name] or None]]  # 0 or None: all, as IMDBDataModule
         return splits
 
     def baseline(self) -> float:
