@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import resource
 import sys
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+
+log = logging.getLogger(__name__)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -70,6 +73,47 @@ class RunThroughput(ThroughputLogger):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples += len(batch)
         self.tokens += batch.numel()
+
+
+class ProgressLog(L.Callback):
+    """Plain progress lines where no progress bar shows: output to a file, CI, nohup (`make train > train.log`).
+
+    Lightning's bar draws nothing when stdout is not a terminal, so a long epoch would be silent. Every
+    `every_s` seconds (and every `every_n_steps` steps, if set) this logs step / total, the loss, samples/s and
+    the time left. In a terminal it stays quiet (`always=true` logs there too).
+    """
+
+    def __init__(self, every_s: float = 30.0, every_n_steps: int | None = None, always: bool = False):
+        self.every_s, self.every_n_steps, self.always = every_s, every_n_steps, always
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.active = trainer.is_global_zero and (self.always or not sys.stdout.isatty())
+        self.start = self.last = time.perf_counter()
+        self.first_step, self.samples = trainer.global_step, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.active:
+            return
+        self.samples += len(batch["input_ids"]) if isinstance(batch, dict) else len(batch)
+        now, step = time.perf_counter(), trainer.global_step
+        due = now - self.last >= self.every_s or (self.every_n_steps and step % self.every_n_steps == 0)
+        if not due:
+            return
+        self.last = now
+        total = trainer.estimated_stepping_batches
+        elapsed = now - self.start
+        rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
+        left = (total - step) / rate if rate > 0 else float("nan")
+        loss = trainer.callback_metrics.get("train/loss")
+        log.info("step %d/%d (epoch %d/%d)  loss %s  %.1f samples/s  elapsed %s  left ~%s", step, total, trainer.current_epoch + 1,
+                 trainer.max_epochs, f"{float(loss):.4f}" if loss is not None else "-", self.samples / elapsed, clock(elapsed), clock(left))
+
+
+def clock(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 class ConfusionMatrixLogger(L.Callback):
