@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pretrain compare test test-fast eval predict sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos pretrain compare test test-fast eval predict sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,12 @@ bench: $(STAMP)  ## tokenization, attention, training throughput and utilisation
 	$(PY) bench/bench_attention.py
 	$(PY) bench/bench_train.py $(ARGS)
 	$(PY) bench/bench_models.py
+
+bench-pos: $(STAMP)  ## POS tagging on Brown: BERT for a whole epoch, BERT vs the decoder under one budget, the majority floor
+	$(PY) bench/bench_pos.py $(ARGS)
+
+pos: $(STAMP)  ## fine-tune the bundled BERT for POS tagging on Brown (1 epoch), e.g. make pos ARGS="model=gpt data.train_size=2000"
+	$(PY) src/train.py task=pos model=bert trainer.devices=1 $(ARGS)
 
 bench-long: $(STAMP)  ## time to 88% held-out accuracy with model=bert, 256 tokens head+tail (3.4 min on 2 CPU cores)
 	$(PY) bench/bench_time_to_accuracy.py $(ARGS)
