@@ -115,7 +115,7 @@ def refuse_unsafe_pickle(file: Path, shown: str) -> None:
     none (`plain_containers`).
     """
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+        unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(file))
     except Exception:  # not a torch.save archive: the caller's own check names that
         return
     if unsafe:
