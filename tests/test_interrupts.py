@@ -3,7 +3,7 @@
 whose pickle names anything but tensors and plain containers is refused without being run.
 
 The training runs are those of tests/test_reliability.py (tiny BERT, 200 toy reviews, 12 steps an epoch, its
-fixtures and helpers); `PauseAt` and `FullDisk` are callbacks the subprocesses load from this file.
+fixtures and helpers, in tests/conftest.py: one reference run serves both files); `PauseAt` and `FullDisk` are callbacks the subprocesses load from this file.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, run_script
-from test_reliability import TESTS, metrics_of, only_run, reference, tiny_overrides, workdir  # noqa: F401 (fixtures)
+from conftest import ROOT, metrics_of, only_run, run_script, tiny_overrides
 
 from bertgpt.errors import UserError
-from bertgpt.training.checkpoints import AtomicCheckpointIO, ensure_writable, resume_checkpoint
+from bertgpt.training.checkpoints import (
+    AtomicCheckpointIO,
+    ensure_writable,
+    resume_checkpoint,
+)
 
+TESTS = Path(__file__).resolve().parent
 SUBPROCESS_ENV = {"PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 

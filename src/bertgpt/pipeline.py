@@ -28,7 +28,12 @@ from bertgpt.host import keep_freed_memory
 from bertgpt.models.library import load_tokenizer
 from bertgpt.tasks.classification import SentimentClassifier, count_parameters
 from bertgpt.training.callbacks import exit_on_signal
-from bertgpt.training.checkpoints import ensure_writable, load_checkpoint_safely, newest_checkpoint, resume_checkpoint
+from bertgpt.training.checkpoints import (
+    ensure_writable,
+    load_checkpoint_safely,
+    newest_checkpoint,
+    resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

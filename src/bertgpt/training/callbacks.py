@@ -208,20 +208,22 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
-            self.signal, self.forced = signal.SIGINT, True
+            self.signal = signal.SIGINT
         elif isinstance(exception, SIGTERMException) and self.signal is None:  # came after this batch's check
             self.signal = signal.SIGTERM
 
     def report(self, trainer) -> str:
         """One line: what stopped the run where, the checkpoint to resume from, and the command that does."""
-        name = signal.Signals(self.signal).name
-        how = "stopped at once by a second Ctrl-C" if self.forced and self.saved is None else f"stopped by {name}"
+        how = "stopped at once by a second Ctrl-C" if self.forced else f"stopped by {signal.Signals(self.signal).name}"
         folders = {Path(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath}
-        newest = self.saved or max(filter(None, (newest_checkpoint(f, "*.ckpt") for f in folders)), key=lambda p: p.stat().st_mtime_ns, default=None)
-        if newest is None:
+        newest = max(filter(None, (newest_checkpoint(f, "*.ckpt") for f in folders)), key=lambda p: p.stat().st_mtime_ns, default=None)
+        if self.saved:
+            where = f"checkpoint {self.saved}"
+        elif newest is None:
             return f"{how} at step {trainer.global_step}, before any checkpoint: nothing to resume. Start again: {train_command()}"
-        saved = "checkpoint" if self.saved else "no checkpoint for this step (stopped outside a training step); newest"
-        return f"{how} after step {trainer.global_step}: {saved} {newest}. Resume: {train_command('ckpt_path=last')}"
+        else:  # stopped mid-step, in validation, or at an epoch's end: the epoch checkpoint may be of this step
+            where = f"the newest checkpoint is {newest}"
+        return f"{how} after step {trainer.global_step}: {where}. Resume: {train_command('ckpt_path=last')}"
 
 
 def train_command(*extra: str) -> str:
