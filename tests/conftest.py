@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -150,3 +151,47 @@ def fresh_logs(tmp_path) -> Path:
     logs.mkdir()
     yield logs
     shutil.rmtree(logs, ignore_errors=True)
+
+
+# --- short training runs in subprocesses: tests/test_reliability.py and tests/test_interrupts.py --------------
+
+STEPS = 3  # step checkpoint interval in these runs: 12 steps an epoch, so 3, 6, 9, 12, 15, ...
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    """Toy data and a shared token cache for the training runs of the reliability and interrupt tests."""
+    root = tmp_path_factory.mktemp("reliability")
+    write_csv(root / "toy.csv", *toy_reviews())
+    return root
+
+
+def tiny_overrides(tiny_bert: str, workdir: Path, logs: Path, *extra: str) -> list[str]:
+    """A short deterministic run of the tiny BERT on the toy reviews; `extra` adds or replaces `key=value`s."""
+    settings = {
+        "model.net.checkpoint": tiny_bert, "data.path": workdir / "toy.csv", "data.cache_dir": workdir / "cache",
+        "paths.log_dir": logs, "data.max_length": 32, "data.batch_size": 16, "model.lr": 1e-2, "trainer.max_epochs": 2,
+        "trainer.precision": "32-true", "trainer.deterministic": "true", "trainer.log_every_n_steps": 1,
+        "callbacks.step_checkpoint.every_n_train_steps": STEPS,
+    }
+    settings.update(item.split("=", 1) if "=" in item else (item, None) for item in extra)  # ~key deletes
+    return [key if value is None else f"{key}={value}" for key, value in settings.items()]
+
+
+def only_run(logs: Path) -> Path:
+    (run,) = [p for p in (logs / "train" / "runs").iterdir() if (p / "metrics.json").exists()]
+    return run
+
+
+def metrics_of(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_bert, workdir) -> Path:
+    """An uninterrupted 2-epoch run, seed 2024: what the resumed and repeated runs must reproduce."""
+    logs = workdir / "reference"
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Checkpoints go to {only_run(logs)}/checkpoints" in result.stdout + result.stderr
+    return only_run(logs)

@@ -8,7 +8,6 @@ this file (tests/ on their PYTHONPATH).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, run_script, toy_reviews, write_csv
+from conftest import ROOT, metrics_of, only_run, run_script, tiny_overrides, write_csv
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -34,7 +33,6 @@ from bertgpt.training.checkpoints import (
 )
 
 TESTS = Path(__file__).resolve().parent
-STEPS = 3  # step checkpoint interval in these runs: 12 steps an epoch, so 3, 6, 9, 12, 15, ...
 
 
 class StallAt(L.Callback):
@@ -75,35 +73,6 @@ class PoisonAt(L.Callback):
                 pl_module.net.classifier.weight.fill_(float("nan"))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """Toy data and a shared token cache for every run in this file."""
-    root = tmp_path_factory.mktemp("reliability")
-    write_csv(root / "toy.csv", *toy_reviews())
-    return root
-
-
-def tiny_overrides(tiny_bert: str, workdir: Path, logs: Path, *extra: str) -> list[str]:
-    """A short deterministic run of the tiny BERT on the toy reviews; `extra` adds or replaces `key=value`s."""
-    settings = {
-        "model.net.checkpoint": tiny_bert, "data.path": workdir / "toy.csv", "data.cache_dir": workdir / "cache",
-        "paths.log_dir": logs, "data.max_length": 32, "data.batch_size": 16, "model.lr": 1e-2, "trainer.max_epochs": 2,
-        "trainer.precision": "32-true", "trainer.deterministic": "true", "trainer.log_every_n_steps": 1,
-        "callbacks.step_checkpoint.every_n_train_steps": STEPS,
-    }
-    settings.update(item.split("=", 1) if "=" in item else (item, None) for item in extra)  # ~key deletes
-    return [key if value is None else f"{key}={value}" for key, value in settings.items()]
-
-
-def only_run(logs: Path) -> Path:
-    (run,) = [p for p in (logs / "train" / "runs").iterdir() if (p / "metrics.json").exists()]
-    return run
-
-
-def metrics_of(run: Path) -> dict:
-    return json.loads((run / "metrics.json").read_text())
-
-
 def curves(run: Path) -> dict[str, dict[int, float]]:
     """A run's TensorBoard loss and accuracy curves: {tag: {step: value}}."""
     out: dict[str, dict[int, float]] = {}
@@ -114,16 +83,6 @@ def curves(run: Path) -> dict[str, dict[int, float]]:
             if tag in accumulator.Tags()["scalars"]:
                 out.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
     return out
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_bert, workdir) -> Path:
-    """An uninterrupted 2-epoch run, seed 2024: what the resumed and repeated runs must reproduce."""
-    logs = workdir / "reference"
-    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Checkpoints go to {only_run(logs)}/checkpoints" in result.stdout + result.stderr
-    return only_run(logs)
 
 
 # --- bad input: one line, exit 2, nothing left behind ---------------------------------------------------

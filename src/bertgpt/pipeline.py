@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from bertgpt.cli import cli, user_error, verbatim_text_argument  # noqa: F401  (the entry scripts' imports)
 from bertgpt.errors import TrainingDiverged, UserError
 from bertgpt.files import write_text
-from bertgpt.training.checkpoints import newest_checkpoint, resume_checkpoint
+from bertgpt.training.callbacks import exit_on_signal
+from bertgpt.training.checkpoints import ensure_writable, load_checkpoint_safely, newest_checkpoint, resume_checkpoint
 from bertgpt.training.optim import count_parameters
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ def train(cfg: DictConfig) -> float | None:
         try:
             if cfg.get("compile"):
                 model.net.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)  # our own files: hparams are DictConfigs
+            ensure_writable(*(c.dirpath for c in checkpointers))
+            with exit_on_signal(trainer):  # SIGTERM / Ctrl-C: checkpoint, resume command, exit 143 / 130
+                trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         except TrainingDiverged as err:
             last = newest_checkpoint(Path(checkpointers[0].dirpath), "*.ckpt") if checkpointers else None
             raise TrainingDiverged(f"{err} Last good checkpoint: {last or 'none written yet'}.") from None
@@ -107,7 +110,7 @@ def train(cfg: DictConfig) -> float | None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("No best checkpoint: testing the weights in memory.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
         metrics.update(task_results(model, datamodule, cfg.paths.output_dir))
         if best:
@@ -124,10 +127,7 @@ def load_checkpoint(path: str | None):
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"ckpt_path={path}: no such file. Checkpoints are under logs/train/runs/<run>/checkpoints/.")
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}). Use a .ckpt written by src/train.py.") from None
+    blob = load_checkpoint_safely(file, f"ckpt_path={path}")
     if not isinstance(blob, dict) or "state_dict" not in blob or "datamodule_hyper_parameters" not in blob or "task" not in blob:
         raise UserError(f"ckpt_path={path}: not a checkpoint written by src/train.py (no model state, task or data settings).")
     module_class, datamodule_class = (task_class(blob["task"][k], path) for k in ("module", "datamodule"))

@@ -1,18 +1,28 @@
-"""Callbacks Lightning doesn't ship: throughput, a confusion-matrix image, and the RNG state in checkpoints."""
+"""Callbacks Lightning doesn't ship: throughput, progress lines, a confusion-matrix image, the RNG state in
+checkpoints, and a checkpoint-then-stop on SIGTERM / Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import resource
+import shlex
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from bertgpt.training.checkpoints import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +216,93 @@ class RNGState(L.Callback):
         random.setstate(state["python"])
         name, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+class GracefulStop(L.Callback):
+    """On SIGTERM or a first Ctrl-C: finish the current step, checkpoint it, stop. `exit_on_signal` turns the stop
+    into one line and the exit status 128 + signal (143, 130).
+
+    Lightning's signal connector sets `trainer.received_sigterm` on SIGTERM; its loops then raise SIGTERMException
+    (a SystemExit with status 0) after the current batch, having saved nothing. Here a first Ctrl-C sets the same
+    flag (a second one raises KeyboardInterrupt at once), the ranks of a DDP run agree on it, and the
+    `StepCheckpoint` saves at the end of the batch: the same point and files as its periodic checkpoints, which
+    resume exactly. Not on an epoch's last batch (see `StepCheckpoint`): Lightning then stops in the validation
+    that follows, and the newest checkpoint on disk is the one to resume from.
+    """
+
+    def __init__(self):
+        self.signal: int | None = None  # what stopped the run
+        self.forced = False  # a second Ctrl-C: stopped mid-step, nothing saved for it
+        self.saved: str | None = None  # the checkpoint written on the signal
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After Lightning's connector took note of the handlers, so its teardown puts the user's SIGINT back.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda signum, frame: self.on_sigint(trainer))
+
+    def on_sigint(self, trainer) -> None:
+        if self.signal is not None:
+            self.forced = True
+            raise KeyboardInterrupt  # Lightning's own handling: on_exception hooks, then it stops
+        self.signal = signal.SIGINT
+        print("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once).", file=sys.stderr, flush=True)
+        trainer._signal_connector.received_sigterm = True  # the flag Lightning's loops stop on
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        requested = trainer.received_sigterm
+        if trainer.world_size > 1:  # a signal may reach one rank only: all stop after the same batch
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
+            return
+        trainer._signal_connector.received_sigterm = True
+        self.signal = trainer.strategy.broadcast(self.signal or signal.SIGTERM)  # rank 0's, for the exit status
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        for checkpointer in trainer.checkpoint_callbacks:
+            if isinstance(checkpointer, StepCheckpoint) and not checkpointer._should_skip_saving_checkpoint(trainer):
+                checkpointer._save_topk_checkpoint(trainer, checkpointer._monitor_candidates(trainer))  # rank 0 writes
+                self.saved = checkpointer._last_checkpoint_saved
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, or one before training started
+            self.signal = signal.SIGINT
+        elif isinstance(exception, SIGTERMException) and self.signal is None:  # came after this batch's check
+            self.signal = signal.SIGTERM
+
+    def report(self, trainer) -> str:
+        """One line: what stopped the run where, the checkpoint to resume from, and the command that does."""
+        how = "stopped at once by a second Ctrl-C" if self.forced else f"stopped by {signal.Signals(self.signal).name}"
+        folders = {Path(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath}
+        newest = max(filter(None, (newest_checkpoint(f, "*.ckpt") for f in folders)), key=lambda p: p.stat().st_mtime_ns, default=None)
+        if self.saved:
+            where = f"checkpoint {self.saved}"
+        elif newest is None:
+            return f"{how} at step {trainer.global_step}, before any checkpoint: nothing to resume. Start again: {train_command()}"
+        else:  # stopped mid-step, in validation, or at an epoch's end: the epoch checkpoint may be of this step
+            where = f"the newest checkpoint is {newest}"
+        return f"{how} after step {trainer.global_step}: {where}. Resume: {train_command('ckpt_path=last')}"
+
+
+def train_command(*extra: str) -> str:
+    """The command line this run was started with (its Hydra overrides, ckpt_path dropped) plus `extra`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ["..."]
+    return shlex.join(["python", "src/train.py", *(o for o in overrides if not o.startswith("ckpt_path=")), *extra])
+
+
+@contextlib.contextmanager
+def exit_on_signal(trainer):
+    """Around `trainer.fit`: a run that `GracefulStop` stopped prints its `report` and exits 128 + signal.
+
+    Lightning ends such a fit with a SystemExit: SIGTERMException (status 0) or, after a KeyboardInterrupt,
+    status 1; a run stopped by a signal must not look successful, nor like a crash.
+    """
+    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+    try:
+        yield
+    except SystemExit:
+        if stop is None or stop.signal is None:
+            raise
+        rank_zero_only(print)(stop.report(trainer), file=sys.stderr, flush=True)
+        raise SystemExit(128 + stop.signal) from None

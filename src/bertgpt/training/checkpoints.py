@@ -1,7 +1,9 @@
-"""Checkpoint files that survive a crash, and finding the newest one to resume from (`ckpt_path=last`)."""
+"""Checkpoint files that survive a crash or a full disk, load without running code, and finding the newest one to
+resume from (`ckpt_path=last`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import zipfile
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import Container, OmegaConf
 
 from bertgpt.errors import UserError
 
@@ -19,23 +22,117 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own writer stages the file in the system temp folder and moves it: when that folder is on another
     file system (tmpfs /tmp), the move is a copy, and a kill mid-copy leaves a truncated `.ckpt` behind.
     A rename within one folder is atomic: a reader sees the old file or the new one, never half of one.
+
+    A failed write (full disk, read-only or forbidden folder) is a UserError naming the file, its size and the
+    fix, with no partial file left. What is written holds plain containers only (`plain_containers`), so that
+    every reader can load it with `weights_only=True`.
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options.")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # not *.ckpt: never found as one
+        checkpoint = plain_containers(checkpoint)
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # not *.ckpt: never found as one
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as err:
+            raise UserError(write_failure(f"could not write the checkpoint {path} ({megabytes(tensor_bytes(checkpoint))})", err, path.parent)) from err
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def plain_containers(obj):
+    """`obj` with every OmegaConf config turned into dicts and lists.
+
+    The module's hyperparameters hold the `net` config as Hydra passed it, a DictConfig: pickled as is, it makes
+    the checkpoint loadable only with `weights_only=False`, which lets a file run code. Only dicts, lists and
+    tuples are walked; tensors and everything else are kept as they are (not copied).
+    """
+    if isinstance(obj, Container):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return type(obj)({key: plain_containers(value) for key, value in obj.items()})  # dict, OrderedDict
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):  # not a namedtuple: its type takes fields
+        return type(obj)(plain_containers(value) for value in obj)
+    return obj
+
+
+def tensor_bytes(obj) -> int:
+    """The bytes the tensors in `obj` hold: about the size of the file torch.save writes for it."""
+    if torch.is_tensor(obj):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.0f} MB" if size >= 10e6 else f"{size / 1e6:.1f} MB"
+
+
+def write_failure(what: str, err: OSError, folder: Path) -> str:
+    """One line for a failed write: what, why (the OS's words), and the fix."""
+    reason = (err.strerror or str(err)).lower()
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"Free space on the disk holding {folder}, or set paths.log_dir to a disk with room."
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = f"Make {folder} writable, or set paths.log_dir to a folder you can write to."
+    else:
+        fix = "Check the folder, or set paths.log_dir to another one."
+    return f"{what}: {reason}. {fix} Nothing was half-written; earlier checkpoints are intact."
+
+
+def ensure_writable(*folders: str | Path) -> None:
+    """Fails before training, in one line, if a checkpoint folder cannot be made or written to.
+
+    Called on the folders the checkpoint callbacks write to: when resuming, that is the folder of the checkpoint
+    resumed from, which may be a read-only copy.
+    """
+    for folder in map(Path, folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise UserError(write_failure(f"cannot write checkpoints to {folder}", err, folder).split(" Nothing was")[0]) from err
+
+
+def refuse_unsafe_pickle(file: Path, shown: str) -> None:
+    """Refuses, without running it, a checkpoint whose pickle needs more than tensors and plain containers.
+
+    `torch.load(weights_only=False)` on a shared .ckpt would run whatever its pickle names. This reads the names
+    only (`get_unsafe_globals_in_checkpoint` scans the opcodes, it does not unpickle); our own checkpoints name
+    none (`plain_containers`).
+    """
+    try:
+        unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(file))
+    except Exception:  # not a torch.save archive: the caller's own check names that
+        return
+    if unsafe:
+        names = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
+        raise UserError(
+            f"{shown}: refused without loading it: its pickle needs {names}, which could run code. Use a .ckpt "
+            "written by this version of src/train.py (docs/reliability.md shows how to convert an older one you trust)."
+        )
+
+
+def load_checkpoint_safely(file: Path, shown: str) -> dict:
+    """A checkpoint's contents, read with `weights_only=True`: tensors and plain containers, never code."""
+    refuse_unsafe_pickle(file, shown)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{shown}: not a readable checkpoint ({type(err).__name__}). Use a .ckpt written by src/train.py.") from None
 
 
 def newest_checkpoint(root: Path, pattern: str = "*/checkpoints/*.ckpt") -> Path | None:
@@ -56,10 +153,12 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path) -> Path | None:
         found = newest_checkpoint(runs_dir)
         if found is None:
             raise UserError(f"ckpt_path=last: no checkpoint under {runs_dir}/*/checkpoints/ to resume from. Train without ckpt_path first.")
+        refuse_unsafe_pickle(found, f"ckpt_path=last ({found})")
         return found
     file = Path(ckpt_path).expanduser()
     if not file.is_file():
         raise UserError(f"ckpt_path={ckpt_path}: no such file. Pass ckpt_path=last (the newest checkpoint) or a .ckpt under {runs_dir}/<run>/checkpoints/.")
     if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a truncated or foreign file is not one
         raise UserError(f"ckpt_path={ckpt_path}: not a checkpoint (not a torch.save archive, or truncated). Use a .ckpt written by src/train.py.")
+    refuse_unsafe_pickle(file, f"ckpt_path={ckpt_path}")
     return file
