@@ -123,7 +123,7 @@ def test_ctrl_c_checkpoints_the_step_and_exits_130(tiny_bert, workdir):
 def test_full_disk_is_one_line_exit_2_and_no_partial_file(tiny_bert, workdir, tmp_path):
     logs = tmp_path / "logs"
     args = tiny_overrides(tiny_bert, workdir, logs, "trainer.max_epochs=1", "+callbacks.full._target_=test_interrupts.FullDisk")
-    result = run_script("train", *args, env=SUBPROCESS_ENV)
+    result = run_script("train", *args, env=SUBPROCESS_ENV, subprocess_=True)  # FullDisk patches torch.save for the process
 
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -4,7 +4,6 @@ resume from (`ckpt_path=last`)."""
 from __future__ import annotations
 
 import errno
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import Container, OmegaConf
 
 from bertgpt.errors import UserError
+from bertgpt.files import atomic_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,20 +33,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options.")
         path = Path(path)
         checkpoint = plain_containers(checkpoint)
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # not *.ckpt: never found as one
-            with os.fdopen(fd, "wb") as f:
+            with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a hidden .tmp beside it, synced, renamed: never a *.ckpt
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as err:
             raise UserError(write_failure(f"could not write the checkpoint {path} ({megabytes(tensor_bytes(checkpoint))})", err, path.parent)) from err
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def plain_containers(obj):
