@@ -147,8 +147,13 @@ class TokenDataModule(L.LightningDataModule):
 
     labels: list[str]
 
-    def __init__(self):
+    def __init__(self, max_length: int, pad_to_multiple_of: int, item: str):
+        """Checks the options every task shares; `item` names what one example is (a review, a sentence)."""
         super().__init__()
+        if max_length < 8:
+            raise UserError(f"data.max_length={max_length} is below 8: too short to hold a {item}. Use 128 (the default) or more.")
+        if pad_to_multiple_of < 1:
+            raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest {item}) or more.")
         self.splits: dict[str, TokenizedSplit] = {}
         self._tokenizer = None
 

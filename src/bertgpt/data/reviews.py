@@ -214,13 +214,9 @@ class IMDBDataModule(TokenDataModule):
         pin_memory: bool = False,
         cache_dir: str | None = None,
     ):
-        super().__init__()
+        super().__init__(max_length, pad_to_multiple_of, "review")
         if truncation not in tokenize.TRUNCATIONS:
             raise UserError(f"data.truncation={truncation}: choose one of {', '.join(tokenize.TRUNCATIONS)}.")
-        if max_length < 8:
-            raise UserError(f"data.max_length={max_length} is below 8: too short to hold a review. Use 128 (the default) or more.")
-        if pad_to_multiple_of < 1:
-            raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest review) or more.")
         if not 0 < val_fraction < 1:
             raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (the classic recipe uses 0.1).")
         self.save_hyperparameters(logger=False)

@@ -450,14 +450,10 @@ class TaggingDataModule(TokenDataModule):
         pin_memory: bool = False,
         cache_dir: str | None = None,
     ):
-        super().__init__()
+        super().__init__(max_length, pad_to_multiple_of, "sentence")
         for key, value, choices in (("source", source, SOURCES), ("tagset", tagset, TAGSETS), ("tag_column", tag_column, TAG_COLUMNS)):
             if value not in choices:
                 raise UserError(f"data.{key}={value}: choose one of {', '.join(choices)}.")
-        if max_length < 8:
-            raise UserError(f"data.max_length={max_length} is below 8: too short to hold a sentence. Use 128 (the default) or more.")
-        if pad_to_multiple_of < 1:
-            raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest sentence) or more.")
         self.save_hyperparameters(logger=False)
         self._raw: dict[str, list[Sentence]] | None = None  # the full splits, read once
         self._own = False  # whether they are the source's own split files
