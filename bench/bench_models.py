@@ -16,16 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # runnable from a checkout without `pip install -e .`
+from common import ROOT  # noqa: E402  (puts src/ on the path: runnable from a checkout without `pip install -e .`)
 
 from bertgpt.host import machine  # noqa: E402
 from bertgpt.models import bert, gpt  # noqa: E402

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bertgpt import ROOT
+
 POSITIVE = "great wonderful superb moving brilliant delightful charming masterpiece loved excellent".split()
 NEGATIVE = "awful boring dull terrible waste painful clumsy dreadful hated worst".split()
 NEUTRAL = "the film movie plot actor scene story director camera music ending cast".split()

@@ -7,21 +7,20 @@ the `slow` tests load the real bundled all-MiniLM-L6-v2 and SmolLM2-135M.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import transformers
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from bertgpt import ROOT
 from bertgpt.errors import UserError
 from bertgpt.models import bert, convert, gpt, library
 from bertgpt.models.convert import from_hf, to_hf
 from bertgpt.models.hub import resolve_checkpoint
 from bertgpt.models.library import load_tokenizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = ROOT / "conf" / "model"
 SENTENCES = [
     "A wonderful, moving film with a superb cast.",
     "Dull.",
