@@ -48,6 +48,15 @@ class PauseAt(L.Callback):
             time.sleep(0.05)
 
 
+class HangAt(PauseAt):
+    """Hangs before training step `step` for up to 2 minutes whatever arrives: a step that takes too long to finish."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            print(f"paused at step {self.step}", flush=True)
+            time.sleep(120)
+
+
 class FullDisk(L.Callback):
     """From the first checkpoint on, the disk is full: torch.save writes half a file, then fails with ENOSPC."""
 
@@ -59,10 +68,12 @@ class FullDisk(L.Callback):
         torch.save = full
 
 
-def signal_at_step(logs: Path, overrides: list[str], signum: int, step: int) -> tuple[int, str]:
-    """Starts a training run, sends `signum` while it waits before `step`; returns its exit status and output."""
+def signal_at_step(logs: Path, overrides: list[str], signum: int, step: int, pause: str = "PauseAt",
+                   again_after: str | None = None) -> tuple[int, str]:
+    """Starts a training run, sends `signum` while it waits before `step` (and once more when the output shows
+    `again_after`); returns its exit status and output."""
     output = logs.parent / f"{logs.name}.out"
-    args = [*overrides, "+callbacks.pause._target_=test_interrupts.PauseAt", f"+callbacks.pause.step={step}"]
+    args = [*overrides, f"+callbacks.pause._target_=test_interrupts.{pause}", f"+callbacks.pause.step={step}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV}
     env.pop("HYDRA_FULL_ERROR", None)
     with open(output, "w") as out:
@@ -74,6 +85,11 @@ def signal_at_step(logs: Path, overrides: list[str], signum: int, step: int) -> 
             assert time.time() < deadline, "the run never reached the pause"
             time.sleep(0.2)
         proc.send_signal(signum)
+        while again_after is not None and again_after not in output.read_text():
+            assert proc.poll() is None and time.time() < deadline, output.read_text()[-3000:]
+            time.sleep(0.1)
+        if again_after is not None:
+            proc.send_signal(signum)
         status = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -117,6 +133,19 @@ def test_ctrl_c_checkpoints_the_step_and_exits_130(tiny_bert, workdir):
     assert "Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)." in output
     assert output.strip().splitlines()[-1].startswith(f"stopped by SIGINT after step 5: checkpoint {checkpoint}. Resume: python src/train.py ")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 5
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once(tiny_bert, workdir):
+    logs = workdir / "sigint-twice"
+    overrides = tiny_overrides(tiny_bert, workdir, logs, "trainer.max_epochs=1", "test=false")
+    status, output = signal_at_step(logs, overrides, signal.SIGINT, 4, pause="HangAt", again_after="Ctrl-C again stops at once")
+
+    assert status == 130, output[-3000:]
+    last_line = output.strip().splitlines()[-1]
+    assert last_line.startswith("stopped at once by a second Ctrl-C after step 4: the newest checkpoint is "), last_line
+    assert last_line.split(": the newest checkpoint is ")[1].split(".ckpt")[0].endswith("step_000003")  # nothing saved for step 4
     assert "Traceback" not in output
 
 
