@@ -21,6 +21,8 @@ from bertgpt.models.hub import resolve_checkpoint
 from bertgpt.models.library import load_tokenizer
 
 CONF = ROOT / "conf" / "model"
+# What conf/task/sentiment.yaml adds to a model config, and the labels the datamodule gives.
+SENTIMENT = {"_target_": "bertgpt.tasks.classification.SequenceClassifier", "labels": ["negative", "positive"]}
 SENTENCES = [
     "A wonderful, moving film with a superb cast.",
     "Dull.",
@@ -247,7 +249,7 @@ def test_build_bert_random_from_bundled_config():
 def test_bert_scratch_yaml_builds_the_lightning_module():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="bert_scratch", overrides=["net.pretrained=false", "+net.n_layer=1"])
-    module = instantiate(cfg, _recursive_=False)
+    module = instantiate(cfg, _recursive_=False, **SENTIMENT)
     assert isinstance(module.net, bert.BertForSequenceClassification) and len(module.net.encoder) == 1
     ids = torch.randint(0, 30522, (2, 6))
     assert module(ids, torch.ones_like(ids)).shape == (2, 2)
@@ -400,7 +402,7 @@ def test_smollm2_greedy_generation_matches_hf(smollm2):
 def test_gpt_scratch_yaml_builds_the_lightning_module():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="gpt_scratch", overrides=["net.pretrained=false", "+net.n_layer=1", "+net.n_embd=64", "+net.n_head=4"])
-    module = instantiate(cfg, _recursive_=False)
+    module = instantiate(cfg, _recursive_=False, **SENTIMENT)
     net = module.net
     assert isinstance(net, gpt.GPTForSequenceClassification) and net.config.positions == "rotary" and net.config.pad_token_id == 2
     ids = torch.randint(0, 49152, (2, 6))

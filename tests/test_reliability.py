@@ -442,6 +442,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_be
     last_good = run / "checkpoints" / "step_000006.ckpt"
     assert "error: the loss is nan at step 7: training diverged. Lower model.lr" in result.stderr
     assert f"Last good checkpoint: {last_good}." in result.stderr
-    model, _ = load_checkpoint(str(last_good))
+    model, _, _ = load_checkpoint(str(last_good))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not (run / "metrics.json").exists()

@@ -99,7 +99,7 @@ def train(cfg: DictConfig) -> float | None:
         try:
             if cfg.get("compile"):
                 model.net.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-            ensure_writable(*(c.dirpath for c in checkpointers))
+            ensure_writable(*(c.dirpath for c in checkpointers if c.dirpath))  # Lightning's default one has none yet
             with exit_on_signal(trainer):  # SIGTERM / Ctrl-C: checkpoint, resume command, exit 143 / 130
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         except TrainingDiverged as err:
