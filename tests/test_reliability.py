@@ -329,7 +329,10 @@ def test_same_seed_gives_identical_metrics_and_curves(reference, tiny_bert, work
 def test_compiled_training_writes_checkpoints_that_eval_reads(reference, tiny_bert, workdir):
     """compile=true trains through torch.compile; its checkpoints keep the plain names, so eval loads them as they are."""
     logs = workdir / "compiled"
-    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, "compile=true"), timeout=900, subprocess_=True)
+    # One batch shape and one epoch: Inductor compiles a graph per new shape, minutes on a 2-core AVX2 CPU.
+    overrides = tiny_overrides(tiny_bert, workdir, logs, "compile=true", "data.pad_to_multiple_of=32", "trainer.max_epochs=1",
+                               "data.batch_size=20", "data.eval_batch_size=20")  # 180 train, 20 val reviews: every batch (20, 32)
+    result = run_script("train", *overrides, timeout=900, subprocess_=True)
     assert result.returncode == 0, result.stderr[-3000:]
     run = only_run(logs)
     metrics = metrics_of(run)
