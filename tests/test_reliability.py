@@ -19,7 +19,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, metrics_of, only_run, run_script, tiny_overrides, write_csv
+from conftest import (
+    ROOT,
+    metrics_of,
+    only_run,
+    run_in_process,
+    run_script,
+    tiny_overrides,
+    write_csv,
+)
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -112,9 +120,9 @@ def test_train_bad_input_exits_2_with_one_line(family, overrides, message, tiny_
 
 
 def test_hydra_full_error_shows_the_traceback(tiny_bert, workdir, tmp_path):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}  # run_script drops it: call the in-process runner itself
     args = tiny_overrides(tiny_bert, workdir, tmp_path, "data.max_length=4")
-    result = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_in_process([str(ROOT / "src" / "train.py"), *args], ROOT, env)
     assert result.returncode != 0 and "Traceback" in result.stderr and "data.max_length=4 is below 8" in result.stderr
 
 
