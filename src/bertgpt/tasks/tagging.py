@@ -42,13 +42,11 @@ class TokenClassifier(Classifier):
     def test_step(self, batch, batch_idx):
         preds, targets = self.evaluation_step(batch, "test")
         self.test_per_tag.update(preds, targets)
-        if self.hparams.is_bio:  # seqeval wants the tag strings of each sentence
-            logits = self(batch["input_ids"], batch["attention_mask"])
-            names = self.hparams.labels
-            for row_pred, row_true in zip(logits.argmax(-1), batch["labels"]):
-                labelled = row_true != -100
-                self._entities[0].append([names[i] for i in row_true[labelled].tolist()])
-                self._entities[1].append([names[i] for i in row_pred[labelled].tolist()])
+        if self.hparams.is_bio:  # seqeval wants the tag strings of each sentence: cut the flat, row-major words by row
+            names, words_per_row = self.hparams.labels, (batch["labels"] != -100).sum(1).tolist()
+            for row_pred, row_true in zip(preds.split(words_per_row), targets.split(words_per_row)):
+                self._entities[0].append([names[i] for i in row_true.tolist()])
+                self._entities[1].append([names[i] for i in row_pred.tolist()])
 
     def on_test_epoch_start(self) -> None:
         self.test_per_tag.reset()
