@@ -41,17 +41,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector and matrix extensions that decide which kernels (and which precision) run fast.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
+    try:
+        line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
 def cpu_kind() -> str:
     """What decides speed on a CPU of this project's machines: AMX and AVX-512 BF16 run bf16 fast; AVX2 alone runs fp32."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
+    names = cpu_flags()
+    if names is None:
         return "unknown"
-    names = set(flags.split(":", 1)[-1].split())
     for flag, kind in (("amx_bf16", "AVX-512 + AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
         if flag in names:
             return kind
     return "no AVX2"
+
+
+def torch_kernels() -> str:
+    """The vector ISA torch's CPU kernels were dispatched to here (e.g. AVX2, AVX512), and oneDNN's presence."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{capability}, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
 
 
 def supports_bf16() -> bool:
@@ -76,7 +95,8 @@ def machine() -> dict:
     import transformers
 
     return {
-        "cpu": cpu_name(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpu_kind": cpu_kind(), "cpu_flags": sorted(set(SPEED_FLAGS) & (cpu_flags() or set())),
+        "torch_kernels": torch_kernels(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "precision": best_precision(),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "host": platform.node(),
