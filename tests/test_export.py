@@ -164,3 +164,6 @@ def test_the_card_of_a_bundled_base_model_has_its_front_matter(tiny_bert, tmp_pa
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "apache-2.0" and front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert "25,000 IMDB reviews" in card and "Not evaluated" in card and "train all, val all, test all" in card
+    model.hparams.net["pretrained"] = False  # only the architecture and tokenizer are the base model's
+    front = yaml.safe_load(model_card(model, {}, tmp_path / "x.ckpt").split("---")[1])
+    assert "base_model" not in front and front["license"] == "apache-2.0"

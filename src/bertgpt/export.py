@@ -101,15 +101,18 @@ def model_card(model, data_hparams: dict, ckpt: Path) -> str:
     checkpoint = str(model.hparams.net.get("checkpoint"))
     base_model, license_ = base_model_of(checkpoint)
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    pretrained = model.hparams.net.get("pretrained", True)
     front = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS[head], "license": license_ or "other"}
-    if base_model:
+    if base_model and pretrained:  # random weights in its architecture are no fine-tune of it
         front["base_model"] = base_model
     front["tags"] = ["bertgpt", "sentiment-analysis" if head == "sequence" else "pos-tagging"]
     base = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{checkpoint}`"
+    if not pretrained:
+        base += "'s architecture and tokenizer, from random weights (`pretrained=false`)"
     task = "entity tagging (BIO tags, one per word)" if model.hparams.get("is_bio") else TASK_NAMES[head]
     sections = [
         "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
-        f"# {base_model or Path(checkpoint).name} fine-tuned for {task}",
+        f"# {base_model or Path(checkpoint).name} {'fine-tuned' if pretrained else 'trained'} for {task}",
         f"Fine-tuned with bertgpt (backbone `{model.hparams.net.get('_target_')}`); exported from `{ckpt}`.",
         f"- **Base model:** {base}; license: {license_ or 'see the base model'}.\n"
         f"- **Labels ({len(labels)}):** " + ", ".join(f"`{label}`" for label in labels),
@@ -138,7 +141,7 @@ def data_description(hp: dict) -> str:
     else:
         where = f"`{path}` (source {source})"
     sizes = ", ".join(f"{split} {hp.get(f'{split}_size') or 'all'}" for split in ("train", "val", "test"))
-    lines = [f"- **Source:** {where}", f"- **Sentences / reviews per split:** {sizes}", f"- **max_length:** {hp.get('max_length')} tokens"]
+    lines = [f"- **Source:** {where}", f"- **{'Sentences' if 'tagset' in hp else 'Reviews'} per split:** {sizes}", f"- **max_length:** {hp.get('max_length')} tokens"]
     options = {k: hp[k] for k in ("truncation", "tagset", "label_all_subwords", "tag_column", "split_seed") if k in hp}
     lines.append("- **Options:** " + ", ".join(f"`{k}={v}`" for k, v in options.items()))
     return "\n".join(lines)
