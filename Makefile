@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos pretrain compare test test-fast eval predict sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos pretrain compare test test-fast eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ eval: $(STAMP)  ## test a checkpoint: make eval CKPT=logs/train/runs/<run>/check
 
 predict: $(STAMP)  ## classify: make predict CKPT=... TEXT="A moving, beautiful film."
 	$(PY) src/predict.py ckpt_path=$(CKPT) text="$(TEXT)" $(ARGS)
+
+export: $(STAMP)  ## a Hugging Face folder (config, safetensors, tokenizer, model card): make export CKPT=... OUT=exports/imdb-bert
+	$(PY) src/export.py ckpt_path=$(CKPT) out=$(OUT) $(ARGS)
 
 sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS=3 TRAIN_SIZE=1000 VAL_SIZE=500
 	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
