@@ -103,10 +103,14 @@ def test_cli_draws_a_checkpoint_and_a_library_model(tiny_bert, tiny_gpt2, workdi
     assert all(png_size(p)[0] >= 200 for p in out.iterdir())
 
 
-def test_cli_names_a_missing_checkpoint(tmp_path):
-    result = run_script("attention_maps", f"models=[{tmp_path}/none.ckpt]", f"output_dir={tmp_path}/out", f"paths.log_dir={tmp_path}/logs")
+def test_cli_names_a_missing_checkpoint_and_an_empty_text(tmp_path):
+    where = (f"output_dir={tmp_path}/out", f"paths.log_dir={tmp_path}/logs")
+    result = run_script("attention_maps", f"models=[{tmp_path}/none.ckpt]", *where)
     assert result.returncode == 2
     assert "none.ckpt: no such file" in result.stderr
+    result = run_script("attention_maps", "text=  ", *where)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: text is empty: pass a short review, e.g. text="A moving, beautifully acted film."'
     assert not (tmp_path / "out").exists()
 
 

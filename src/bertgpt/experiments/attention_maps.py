@@ -106,11 +106,15 @@ def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([i]).replace(" ", "_") or tokenizer.convert_ids_to_tokens(i) for i in ids]
 
 
+def check_text(text) -> str:
+    if text is None or not str(text).strip():
+        raise UserError('text is empty: pass a short review, e.g. text="A moving, beautifully acted film."')
+    return str(text)
+
+
 def attention_maps(model: torch.nn.Module, tokenizer, text: str, max_length: int = 128, name: str | None = None) -> AttentionMaps:
     """The attention maps of `text`, tokenized as training tokenizes it (`data.tokenize.encode`)."""
-    (ids,) = tokenize.encode(tokenizer, [text], max_length)
-    if not ids:
-        raise UserError(f"text={text!r} gives no tokens: pass a short review, e.g. text=\"A moving, beautifully acted film.\"")
+    (ids,) = tokenize.encode(tokenizer, [check_text(text)], max_length)
     layers = attention_probabilities(model, torch.tensor([ids], device=next(model.parameters()).device))[:, 0].cpu()
     maps = AttentionMaps(name or type(model).__name__, token_labels(tokenizer, ids), layers, pooled=0)
     maps.pooled = len(ids) - 1 if maps.causal else 0
@@ -258,6 +262,7 @@ def main(cfg) -> list[Path]:
     sources = [cfg.models] if isinstance(cfg.models, str) else list(cfg.models)
     if not sources:
         raise UserError("models=[] names no model: pass models=[all-minilm-l6-v2,smollm2-135m] or a .ckpt of src/train.py.")
+    check_text(cfg.text)  # before minutes of loading
     all_maps = []
     for source in sources:
         model, tokenizer, max_length, name = load(str(source), cfg.ours, cfg.max_length)
