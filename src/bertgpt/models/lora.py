@@ -92,11 +92,15 @@ def add_lora(net: nn.Module, r: int, alpha: float | None = None, dropout: float 
         target_modules = default_targets(net)
     elif isinstance(target_modules, str) and target_modules != ALL_LINEAR:
         target_modules = [target_modules]  # one name; peft would read a lone string as a regular expression
-    conv1d = False
-    if target_modules != ALL_LINEAR:
+    if target_modules == ALL_LINEAR:
+        layers = [m for name, m in net.named_modules() if isinstance(m, ADAPTABLE) and not is_head(name)]
+        if not layers:
+            raise UserError(f"model.lora.target_modules=all-linear: {type(net).__name__} has no linear layer outside its head.")
+    else:
         target_modules = [str(t) for t in target_modules]
-        # GPT-2's Conv1D keeps its weight as (in, out): peft must be told, or it warns once per layer and adapts.
-        conv1d = all(isinstance(m, Conv1D) for m in targeted_layers(net, target_modules))
+        layers = targeted_layers(net, target_modules)
+    # GPT-2's Conv1D keeps its weight as (in, out): peft must be told, or it warns and adapts.
+    conv1d = all(isinstance(m, Conv1D) for m in layers)
     config = LoraConfig(r=r, lora_alpha=2 * r if alpha is None else alpha, lora_dropout=dropout, target_modules=target_modules,
                         exclude_modules=heads, fan_in_fan_out=conv1d, bias="none")
     with warnings.catch_warnings():  # peft asks transformers a question that transformers renamed: noise, not ours
