@@ -119,6 +119,22 @@ def test_merged_model_computes_the_same_and_exports(kind, batch, tmp_path):
         assert (logits_of(exported, batch) - adapted).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("kind, token_class, head", [
+    ("hf_bert", transformers.BertForTokenClassification, "classifier"),
+    ("hf_gpt2", transformers.GPT2ForTokenClassification, "classifier"),
+    ("hf_llama", transformers.LlamaForTokenClassification, "score"),
+    ("our_bert", bert.BertForTokenClassification, "classifier"),
+    ("our_gpt", gpt.GPTForTokenClassification, "classifier"),
+])
+def test_token_heads_train_in_full(kind, token_class, head, batch):
+    """task=pos: the token head of each family is found by its name and trains; logits stay (B, T, labels)."""
+    net = add_lora(token_class(tiny_net(kind).config), r=2)
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    assert {name for name in trainable if ".lora_" not in name} == {
+        f"base_model.model.{head}.{w}" for w, _ in getattr(net.get_base_model(), head).named_parameters()}
+    assert logits_of(net, batch).shape == (4, 10, LABELS)
+
+
 def test_a_net_without_lora_is_left_alone(tiny_bert):
     model = SequenceClassifier(net={"_target_": "bertgpt.models.library.build", "checkpoint": tiny_bert}, labels=["neg", "pos"],
                                lora={"r": None, "alpha": None, "dropout": 0.1, "target_modules": None})
