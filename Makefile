@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos pretrain compare test test-fast eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora pretrain compare test test-fast eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench: $(STAMP)  ## tokenization, attention, training throughput and utilisation
 
 bench-pos: $(STAMP)  ## POS tagging on Brown: BERT for a whole epoch, BERT vs the decoder under one budget, the majority floor
 	$(PY) bench/bench_pos.py $(ARGS)
+
+bench-lora: $(STAMP)  ## full fine-tuning vs LoRA r=8 (peft) for BERT and the decoder: trainable params, samples/s, memory, accuracy
+	$(PY) bench/bench_lora.py $(ARGS)
 
 pos: $(STAMP)  ## fine-tune the bundled BERT for POS tagging on Brown (1 epoch), e.g. make pos ARGS="model=gpt data.train_size=2000"
 	$(PY) src/train.py task=pos model=bert trainer.devices=1 $(ARGS)

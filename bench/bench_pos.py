@@ -17,15 +17,10 @@ Every arm also reports the majority-tag-per-word baseline on its own test senten
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import ROOT, machine, save
+from common import machine, run_train, save
 
 COLUMNS = ("test/acc", "test/f1", "test/baseline_acc", "train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "train/peak_memory_mb")
 
@@ -37,16 +32,6 @@ def arms(budget: int, test_size: int, lr: float) -> dict[str, list[str]]:
         "bert_budget": ["model=bert", *small],
         "gpt_budget": ["model=gpt", *small],
     }
-
-
-def run(name: str, overrides: list[str], out: Path) -> dict:
-    command = [sys.executable, str(ROOT / "src" / "train.py"), "task=pos", "trainer.devices=1", *overrides, f"hydra.run.dir={out / name}"]
-    shown = shlex.join(["python", "src/train.py", *command[2:-1]])
-    print(f"$ {shown}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True)
-    metrics = json.loads((out / name / "metrics.json").read_text())
-    return {"command": shown, "wall_s": round(time.perf_counter() - start, 1), **{k: metrics.get(k) for k in COLUMNS}}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -68,7 +53,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as out:
         for name in args.arms:
-            results[name] = run(name, planned[name], Path(out))
+            results[name] = run_train(name, ["task=pos", "trainer.devices=1", *planned[name]], Path(out), COLUMNS)
             save("pos", {"budget": args.budget, "test_size": args.test_size, "budget_lr": args.budget_lr, "arms": results})  # each arm as it ends
     print(f"\nPOS tagging, Brown universal tags, on {machine()['cpu']} ({machine()['cpu_kind']}, {machine()['precision']}):")
     print(table(results))

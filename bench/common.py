@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,3 +44,15 @@ def best_of(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def run_train(name: str, overrides: list[str], out: Path, columns: tuple[str, ...]) -> dict:
+    """One `src/train.py` run in a process of its own, printed as a user would type it, its run folder out/name:
+    the command, the wall time and the `columns` of the metrics.json it writes (None where it has none)."""
+    command = [sys.executable, str(ROOT / "src" / "train.py"), *overrides, f"hydra.run.dir={out / name}"]
+    shown = shlex.join(["python", "src/train.py", *command[2:-1]])
+    print(f"$ {shown}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    metrics = json.loads((out / name / "metrics.json").read_text())
+    return {"command": shown, "wall_s": round(time.perf_counter() - start, 1), **{k: metrics.get(k) for k in columns}}

@@ -24,6 +24,7 @@ from torchmetrics.classification import (
 
 from bertgpt.data import tokenize
 from bertgpt.errors import UserError
+from bertgpt.models.lora import add_lora
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 
 
@@ -33,7 +34,8 @@ class Classifier(L.LightningModule):
     `net(input_ids=..., attention_mask=...)` returns logits, or an object with `.logits` (every Hugging Face
     `*For*Classification` does): (B, num_labels) for the sequence head, (B, T, num_labels) for the token head.
     Keeping the net's config, not the net, in the hyperparameters lets a checkpoint rebuild it alone; the label
-    names travel with it, so eval and predict need nothing else.
+    names travel with it, so eval and predict need nothing else. `lora` (`r`, `alpha`, `dropout`,
+    `target_modules`: `bertgpt.models.lora.add_lora`) with `r` set trains LoRA adapters and the head only.
     """
 
     head: str  # set by each task
@@ -49,6 +51,7 @@ class Classifier(L.LightningModule):
         warmup_ratio: float = 0.0,
         schedule: str = "linear",
         fused: bool = False,
+        lora: dict | None = None,
     ):
         super().__init__()
         check_schedule(schedule, warmup_ratio)
@@ -56,8 +59,11 @@ class Classifier(L.LightningModule):
             raise UserError(f"the data has {len(labels)} label(s) ({labels}): a classifier needs at least two.")
         labels = [str(label) for label in labels]
         self.save_hyperparameters(logger=False)
+        self.net = hydra.utils.instantiate(net, head=self.head, num_labels=len(labels))
+        if lora and lora.get("r") is not None:  # adapters and the head train, the backbone stays frozen
+            self.net = add_lora(self.net, **lora)
         # from_pretrained returns eval mode (dropout off) and Lightning keeps each submodule's mode: fine-tune in train mode.
-        self.net = hydra.utils.instantiate(net, head=self.head, num_labels=len(labels)).train()
+        self.net.train()
         self.train_loss = MeanMetric()
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_metrics = self.metrics("val/")
