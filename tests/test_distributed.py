@@ -94,3 +94,26 @@ def test_sharded_training_on_two_cpu_processes_resumes_from_its_checkpoint(tiny_
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     printed = dict(line.split(": ") for line in evaluated.stdout.splitlines() if line.startswith("test/"))
     assert float(printed["test/loss"]) == pytest.approx(metrics["test/loss"], abs=1e-4)
+
+
+def test_a_folder_of_shards_is_resumed_from_but_not_evaluated(tmp_path):
+    from bertgpt.errors import UserError
+    from bertgpt.pipeline import load_checkpoint
+    from bertgpt.training.checkpoints import newest_checkpoint, resume_checkpoint
+
+    runs = tmp_path / "train" / "runs"
+    single = runs / "a" / "checkpoints" / "epoch_000.ckpt"
+    sharded = runs / "b" / "checkpoints" / "last.ckpt"  # what save_distributed_checkpoint=true writes: a folder
+    single.parent.mkdir(parents=True)
+    sharded.mkdir(parents=True)
+    torch.save({"global_step": 1}, single)
+    torch.save({"global_step": 2}, sharded / "meta.pt")
+    (sharded / "__0_0.distcp").write_bytes(b"shard")
+    assert newest_checkpoint(runs) == sharded
+    assert resume_checkpoint("last", runs) == resume_checkpoint(str(sharded), runs) == sharded
+    with pytest.raises(UserError, match="a folder of shards"):
+        load_checkpoint(str(sharded))
+    (sharded / "meta.pt").unlink()  # a plain folder is no checkpoint
+    assert newest_checkpoint(runs) == single
+    with pytest.raises(UserError, match="no such file"):
+        resume_checkpoint(str(sharded), runs)
