@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora pretrain compare test test-fast eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora pretrain compare test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bun
 
 test-fast: $(STAMP)  ## the tests without the slow real-weight ones
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP)  ## ruff over src, tests and bench (the rules are in pyproject.toml)
+	$(BIN)/ruff check src tests bench
 
 eval: $(STAMP)  ## test a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoints/last.ckpt
 	$(PY) src/eval.py ckpt_path=$(CKPT) $(ARGS)

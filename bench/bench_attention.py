@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from common import best_of, save
 
-from bertgpt.host import keep_freed_memory
+from bertgpt.host import keep_freed_memory, supports_bf16
 from bertgpt.models.attention import matmul_attention
-from bertgpt.host import supports_bf16
 
 KERNELS = {"sdpa": F.scaled_dot_product_attention, "matmul": matmul_attention}
 

@@ -21,7 +21,6 @@ import time
 import torch
 import torch.nn.functional as F
 import transformers
-
 from common import ROOT  # noqa: E402  (puts src/ on the path: runnable from a checkout without `pip install -e .`)
 
 from bertgpt.host import machine  # noqa: E402

@@ -6,18 +6,7 @@
     python src/compare.py report_only=logs/compare/runs/<date>   # rewrite the report of a finished compare
 """
 
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-
-from bertgpt.experiments.compare import main as compare
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="compare.yaml")
-def main(cfg):
-    compare(cfg, Path(HydraConfig.get().runtime.output_dir))
-
+from bertgpt.entries import compare
 
 if __name__ == "__main__":
-    main()
+    compare()

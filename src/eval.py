@@ -4,16 +4,7 @@
     python src/eval.py ckpt_path=... data.path=/data/aclImdb
 """
 
-import hydra
-
-from bertgpt.pipeline import cli, evaluate
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
-@cli
-def main(cfg):
-    evaluate(cfg)
-
+from bertgpt.entries import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

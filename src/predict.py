@@ -4,19 +4,7 @@
     python src/predict.py ckpt_path=... file=reviews.txt      # one review per line
 """
 
-import sys
-
-import hydra
-
-from bertgpt.pipeline import cli, predict, verbatim_text_argument
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
-@cli
-def main(cfg):
-    predict(cfg)
-
+from bertgpt.entries import predict
 
 if __name__ == "__main__":
-    sys.argv = verbatim_text_argument(sys.argv)
-    main()
+    predict()

@@ -5,16 +5,7 @@
     python src/train.py -m hparams_search=optuna        # what `make sweep` runs
 """
 
-import hydra
-
-from bertgpt.pipeline import cli, train
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
-@cli
-def main(cfg):
-    return train(cfg)
-
+from bertgpt.entries import train
 
 if __name__ == "__main__":
-    main()
+    train()

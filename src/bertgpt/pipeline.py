@@ -24,7 +24,13 @@ from bertgpt.cli import cli, user_error, verbatim_text_argument  # noqa: F401  (
 from bertgpt.errors import TrainingDiverged, UserError
 from bertgpt.files import write_text
 from bertgpt.training.callbacks import exit_on_signal
-from bertgpt.training.checkpoints import ensure_writable, load_checkpoint_safely, newest_checkpoint, resume_checkpoint
+from bertgpt.training.checkpoints import (
+    ensure_writable,
+    is_sharded_checkpoint,
+    load_checkpoint_safely,
+    newest_checkpoint,
+    resume_checkpoint,
+)
 from bertgpt.training.optim import count_parameters
 
 log = logging.getLogger(__name__)
@@ -125,6 +131,8 @@ def load_checkpoint(path: str | None):
     if not path:
         raise UserError("ckpt_path is not set. Pass ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     file = Path(path).expanduser()
+    if is_sharded_checkpoint(file):
+        raise UserError(f"ckpt_path={path}: a folder of shards (save_distributed_checkpoint=true), which only a sharded training run reads. Evaluate a single-file checkpoint: train with trainer.strategy.save_distributed_checkpoint=false.")
     if not file.is_file():
         raise UserError(f"ckpt_path={path}: no such file. Checkpoints are under logs/train/runs/<run>/checkpoints/.")
     blob = load_checkpoint_safely(file, f"ckpt_path={path}")

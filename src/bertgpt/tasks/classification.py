@@ -26,6 +26,7 @@ from bertgpt.data import tokenize
 from bertgpt.errors import UserError
 from bertgpt.models.lora import add_lora
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
+from bertgpt.training.strategies import shard_blocks
 
 
 class Classifier(L.LightningModule):
@@ -154,6 +155,12 @@ class Classifier(L.LightningModule):
             torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
+    def configure_model(self) -> None:
+        # Only ModelParallelStrategy (trainer=model_parallel) hands over a device mesh: FSDP2 shards the backbone
+        # block by block across its data-parallel ranks. Every other strategy leaves the module as it is.
+        if self.device_mesh is not None:
+            shard_blocks(self.net, self.device_mesh["data_parallel"])
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -126,13 +126,19 @@ def load_checkpoint_safely(file: Path, shown: str) -> dict:
         raise UserError(f"{shown}: not a readable checkpoint ({type(err).__name__}). Use a .ckpt written by src/train.py.") from None
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A folder of shards, one per rank, and the rest of the state in meta.pt: what `trainer=model_parallel` writes
+    with `trainer.strategy.save_distributed_checkpoint=true`. Lightning loads it into the same sharded run."""
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
 def newest_checkpoint(root: Path, pattern: str = "*/checkpoints/*.ckpt") -> Path | None:
     """The most recently written checkpoint matching `root/pattern` (by default in any run folder), or None.
 
     Symlinks are skipped: if a user sets `save_last: link`, `last.ckpt` points at the best epoch, not the latest
     state; the step and epoch files themselves are all here.
     """
-    files = [p for p in root.glob(pattern) if p.is_file() and not p.is_symlink()]
+    files = [p for p in root.glob(pattern) if (p.is_file() or is_sharded_checkpoint(p)) and not p.is_symlink()]
     return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
@@ -144,9 +150,12 @@ def resume_checkpoint(ckpt_path: str | None, runs_dir: Path) -> Path | None:
         found = newest_checkpoint(runs_dir)
         if found is None:
             raise UserError(f"ckpt_path=last: no checkpoint under {runs_dir}/*/checkpoints/ to resume from. Train without ckpt_path first.")
-        refuse_unsafe_pickle(found, f"ckpt_path=last ({found})")
+        refuse_unsafe_pickle(found / "meta.pt" if found.is_dir() else found, f"ckpt_path=last ({found})")
         return found
     file = Path(ckpt_path).expanduser()
+    if is_sharded_checkpoint(file):
+        refuse_unsafe_pickle(file / "meta.pt", f"ckpt_path={ckpt_path}")
+        return file
     if not file.is_file():
         raise UserError(f"ckpt_path={ckpt_path}: no such file. Pass ckpt_path=last (the newest checkpoint) or a .ckpt under {runs_dir}/<run>/checkpoints/.")
     if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a truncated or foreign file is not one

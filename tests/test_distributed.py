@@ -1,0 +1,119 @@
+"""Past one process: FSDP2 sharded training on 2 CPU ranks and its resume, the FSDP and DeepSpeed configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+import transformers
+from conftest import metrics_of, only_run, run_script, tiny_overrides
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from bertgpt import ROOT
+from bertgpt.models import bert, gpt
+from bertgpt.training.strategies import BLOCKS, block_classes
+
+
+def trainer_config(*overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides)).trainer
+
+
+def blocks_of(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, tuple(block_classes())) for m in model.modules())
+
+
+def test_every_backbone_has_its_blocks_in_the_wrap_list():
+    hf_bert = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+    gpt2 = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2, pad_token_id=0)
+    llama = transformers.LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, pad_token_id=0)
+    models = [
+        transformers.BertForSequenceClassification(hf_bert), transformers.GPT2ForSequenceClassification(gpt2),
+        transformers.LlamaForTokenClassification(llama), bert.BertForTokenClassification(bert.BertConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=16, n_inner=32)),
+        gpt.GPTForSequenceClassification(gpt.GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=16)),
+    ]
+    assert [blocks_of(m) for m in models] == [3] * 5
+    assert len(block_classes()) == len(BLOCKS)
+
+
+def test_fsdp_config_wraps_and_checkpoints_each_block_and_refuses_a_cpu(tmp_path):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    cfg = trainer_config("trainer=fsdp", "trainer.strategy.activation_checkpointing=true")
+    assert cfg.precision == "bf16-mixed"
+    strategy = instantiate(cfg.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == block_classes()
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == block_classes()
+    assert "auto_wrap_policy" not in instantiate(trainer_config("trainer=fsdp").strategy)._activation_checkpointing_kwargs
+    # Lightning's accelerator connector: "The strategy `fsdp` requires a GPU accelerator" (trainer=model_parallel runs there).
+    with pytest.raises(InstantiationException, match="strategy `fsdp` requires a GPU accelerator"):
+        instantiate(cfg, accelerator="cpu", devices=1, logger=False, default_root_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed here")
+def test_deepspeed_without_deepspeed_names_the_install(tiny_bert, workdir, tmp_path):
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, tmp_path / "logs", "trainer=deepspeed"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: trainer=deepspeed needs DeepSpeed, which is not installed: pip install deepspeed" in result.stderr
+    assert not (tmp_path / "logs" / "train" / "runs").exists() or not any((tmp_path / "logs" / "train" / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_sharded_training_on_two_cpu_processes_resumes_from_its_checkpoint(tiny_bert, workdir, tmp_path):
+    logs = tmp_path / "logs"
+    common = ("trainer=model_parallel", "data.batch_size=8", "logger=none")  # 2 ranks x 8: the single process's 16
+    first = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, *common, "trainer.max_epochs=1"), subprocess_=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Starting with 2 processes" in first.stdout + first.stderr
+    run = only_run(logs)
+    epoch_one = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    steps = epoch_one["global_step"]
+    assert steps == math.ceil(180 / 2 / 8)  # 180 training reviews split over the 2 ranks
+    # Rank 0 gathered the full state, not its shard: every tensor has the shape of the unsharded model's.
+    full = transformers.BertForSequenceClassification.from_pretrained(tiny_bert).state_dict()
+    assert {k: v.shape for k, v in epoch_one["state_dict"].items()} == {f"net.{k}": v.shape for k, v in full.items()}
+
+    resumed = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, *common, "ckpt_path=last"), subprocess_=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored all states from the checkpoint at {run}/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
+    epoch_two = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (epoch_two["epoch"], epoch_two["global_step"]) == (2, 2 * steps)
+    # AdamW's state came back from the file: its step count continued rather than restarting at 0.
+    assert {float(s["step"]) for s in epoch_two["optimizer_states"][0]["state"].values()} == {2.0 * steps}
+    assert not torch.equal(epoch_two["state_dict"]["net.classifier.weight"], epoch_one["state_dict"]["net.classifier.weight"])
+
+    metrics = metrics_of(max((logs / "train" / "runs").iterdir(), key=lambda p: p.name))
+    assert all(math.isfinite(metrics[k]) for k in ("train/loss", "val/loss", "test/loss"))
+    # The sharded test of the best checkpoint and a single process's eval of that file agree.
+    evaluated = run_script("eval", f"ckpt_path={metrics['best_checkpoint']}", f"paths.log_dir={tmp_path / 'eval'}", "logger=none")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    printed = dict(line.split(": ") for line in evaluated.stdout.splitlines() if line.startswith("test/"))
+    assert float(printed["test/loss"]) == pytest.approx(metrics["test/loss"], abs=1e-4)
+
+
+def test_a_folder_of_shards_is_resumed_from_but_not_evaluated(tmp_path):
+    from bertgpt.errors import UserError
+    from bertgpt.pipeline import load_checkpoint
+    from bertgpt.training.checkpoints import newest_checkpoint, resume_checkpoint
+
+    runs = tmp_path / "train" / "runs"
+    single = runs / "a" / "checkpoints" / "epoch_000.ckpt"
+    sharded = runs / "b" / "checkpoints" / "last.ckpt"  # what save_distributed_checkpoint=true writes: a folder
+    single.parent.mkdir(parents=True)
+    sharded.mkdir(parents=True)
+    torch.save({"global_step": 1}, single)
+    torch.save({"global_step": 2}, sharded / "meta.pt")
+    (sharded / "__0_0.distcp").write_bytes(b"shard")
+    assert newest_checkpoint(runs) == sharded
+    assert resume_checkpoint("last", runs) == resume_checkpoint(str(sharded), runs) == sharded
+    with pytest.raises(UserError, match="a folder of shards"):
+        load_checkpoint(str(sharded))
+    (sharded / "meta.pt").unlink()  # a plain folder is no checkpoint
+    assert newest_checkpoint(runs) == single
+    with pytest.raises(UserError, match="no such file"):
+        resume_checkpoint(str(sharded), runs)
