@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import toy_reviews, write_csv
+from conftest import toy_reviews, windows_copy, write_csv
 from sklearn.model_selection import train_test_split
 
 from bertgpt.data import tokenize
 from bertgpt.data.base import PadCollator, group_by_length
-from bertgpt.data.reviews import IMDBDataModule, bundled_csv, load_corpus, read_table
+from bertgpt.data.reviews import IMDBDataModule, bundled_csv, load_corpus, read_lines, read_table
 from bertgpt.errors import UserError
 
 
@@ -77,6 +77,29 @@ def test_csv_and_jsonl_with_named_columns(tmp_path):
     for path in (csv_path, jsonl):
         corpus = load_corpus(path=str(path), text_column="review", label_column="sentiment")
         assert corpus.train.texts == texts and corpus.train.labels == labels
+
+
+def test_files_saved_on_windows_read_like_plain_ones(tmp_path):
+    """A byte-order mark and CRLF line ends change nothing: not the first label, a column name, nor a review."""
+    texts, labels = toy_reviews(6)
+    plain = write_pair(tmp_path / "pair", "\n".join(texts) + "\n", "\n".join("positive" if y else "negative" for y in labels) + "\n")
+    windows = tmp_path / "windows"
+    windows.mkdir()
+    for name in ("reviews.txt", "labels.txt"):
+        windows_copy(plain / name, windows / name)
+    assert (windows / "labels.txt").read_bytes().startswith(b"\xef\xbb\xbfnegative\r\n")
+    assert load_corpus(path=str(windows)) == load_corpus(path=str(plain))
+    assert read_lines(windows / "reviews.txt") == read_lines(plain / "reviews.txt") == texts  # predict's file=
+    csv_path = write_csv(tmp_path / "r.csv", texts, labels)
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels)) + "\n")
+    for path in (csv_path, jsonl):
+        assert load_corpus(path=str(windows_copy(path))) == load_corpus(path=str(path)) == load_corpus(path=str(plain))
+    review = tmp_path / "aclImdb" / "train" / "pos" / "0_9.txt"
+    review.parent.mkdir(parents=True)
+    review.write_text("line one\nline two", encoding="utf-8")
+    windows_copy(review, review)
+    assert load_corpus(path=str(tmp_path / "aclImdb")).train.texts == ["line one\nline two"]
 
 
 def test_table_rows_filtered_and_ragged(tmp_path):

@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 import torch
+from conftest import windows_copy
 
 from bertgpt.data import tagging
 from bertgpt.data.base import IGNORE
@@ -152,6 +153,16 @@ def test_columns_take_first_and_last_and_skip_docstart(tmp_path):
     ]
     assert read_sentences(write(tmp_path / "two.txt", "a DET\ncat NOUN\n\n\nsat VERB"), source="columns") == [
         [("a", "DET"), ("cat", "NOUN")], [("sat", "VERB")]]
+
+
+@pytest.mark.parametrize("name, text", [("ud.conllu", CONLLU_SAMPLE), ("eng.train", CONLL2003_SAMPLE), ("brown.txt", BROWN_SAMPLE)])
+def test_files_saved_on_windows_read_like_plain_ones(tmp_path, name, text):
+    """A byte-order mark and CRLF line ends: the same sentences, the same format detected, the same first word."""
+    plain = write(tmp_path / name, text)
+    windows = windows_copy(plain)
+    assert windows.read_bytes().startswith(b"\xef\xbb\xbf") and b"\r\n" in windows.read_bytes()
+    assert tagging.detect_source(windows) == tagging.detect_source(plain)
+    assert read_sentences(windows) == read_sentences(plain)
 
 
 @pytest.mark.parametrize(

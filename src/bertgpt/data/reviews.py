@@ -56,10 +56,15 @@ def parse_label(value, where: str) -> int:
 
 
 def read_text(path: Path) -> str:
+    """A data file's text as a plain UTF-8 file would give it, whatever saved it: every reader goes through here.
+
+    Windows tools (Notepad, Excel's "CSV UTF-8") start the file with a byte-order mark, which would otherwise
+    glue itself to the first label or column name; their CRLF (and old Mac CR) line ends become "\\n".
+    """
     if not path.is_file():
         raise UserError(f"{path}: no such file. Check data.path.")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # text mode: universal line ends
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise UserError(f"{path}, line {line}: bytes that are not UTF-8 ({err.reason}). Re-encode the file as UTF-8.") from None
