@@ -12,7 +12,13 @@ from sklearn.model_selection import train_test_split
 
 from bertgpt.data import tokenize
 from bertgpt.data.base import PadCollator, group_by_length
-from bertgpt.data.reviews import IMDBDataModule, bundled_csv, load_corpus, read_lines, read_table
+from bertgpt.data.reviews import (
+    IMDBDataModule,
+    bundled_csv,
+    load_corpus,
+    read_lines,
+    read_table,
+)
 from bertgpt.errors import UserError
 
 
