@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import run_script, toy_reviews
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 QUICK = ["data.train_size=64", "data.val_size=32", "data.max_length=64", "data.batch_size=16", "trainer.log_every_n_steps=1"]
@@ -57,6 +57,26 @@ def test_eval_reproduces_the_test_metrics(trained, tmp_path):
     trained_metrics = json.loads((run / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
     assert float(printed["test/acc"]) == pytest.approx(evaluated["test/acc"], abs=1e-4)
+
+
+def test_eval_on_another_file_tests_every_row(reference, workdir, tmp_path):
+    """Data other than the training data is tested whole, in its own format; the training data by its held-out split."""
+    checkpoint = f"ckpt_path={reference}/checkpoints/last.ckpt"
+    texts, labels = toy_reviews(37, seed=5)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    trained_on = json.loads((reference / "metrics.json").read_text())
+    held_out = workdir / "toy.csv"  # what the reference run trained on
+    for path, samples, said in ((other, 37, f"Testing on all 37 reviews of {other}"),
+                                (held_out, 20, f"Testing on the 20-review held-out split of the training data ({held_out})")):
+        logs = tmp_path / f"logs-{samples}"
+        result = run_script("eval", checkpoint, f"data.path={path}", f"paths.log_dir={logs}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert said in result.stdout + result.stderr
+        (run,) = (logs / "eval" / "runs").iterdir()
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["test/samples"] == samples and 0 <= metrics["test/acc"] <= 1
+    assert metrics["test/acc"] == pytest.approx(trained_on["test/acc"], abs=1e-6)  # the held-out split: train's test
 
 
 @pytest.mark.slow

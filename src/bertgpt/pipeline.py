@@ -66,8 +66,9 @@ def task_results(model, datamodule, output_dir: str | Path) -> dict:
             table = per_tag_table(model.per_tag)
             write_text(Path(output_dir) / "per_tag.md", table + "\n")
             log.info("Per-tag precision / recall / F1 on the test split:\n%s", table)
-    if hasattr(datamodule, "baseline"):
-        extra["test/baseline_acc"] = datamodule.baseline()
+    baseline = datamodule.baseline() if hasattr(datamodule, "baseline") else None
+    if baseline is not None:  # None: no training split to count the tags of (data.test_all)
+        extra["test/baseline_acc"] = baseline
         log.info("Majority tag per word (the floor every tagger must beat): test accuracy %.4f", extra["test/baseline_acc"])
     return extra
 
@@ -144,18 +145,31 @@ def task_class(name: str, path: str):
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint on its held-out set (or on other data: data.path=...); prints and logs the metrics."""
+    """Test a checkpoint on the held-out split of its training data, or on every row of other data (data.path=...,
+    in any format the task reads); prints and logs the metrics."""
     model, datamodule_class, data_hparams = load_checkpoint(cfg.ckpt_path)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
+    if not is_training_data(overrides.get("path"), data_hparams.get("path")):
+        overrides = {"source": "auto", "test_all": True, **overrides}  # data.source / data.test_all given still win
     datamodule = datamodule_class(**{**data_hparams, **overrides})
+    datamodule.use_labels(list(model.hparams.labels))  # the model's label ids, whatever labels this data uses
     trainer = build_trainer(cfg)
     results = trainer.test(model, datamodule=datamodule)
     metrics = scalars(results[0]) if results else {}
     extra = task_results(model, datamodule, cfg.paths.output_dir)
-    write_metrics({**metrics, **extra, "checkpoint": str(cfg.ckpt_path)}, cfg.paths.output_dir)
+    tested = {"test/samples": len(datamodule.splits["test"]), "test/data": datamodule.test_origin}
+    write_metrics({**metrics, **extra, **tested, "checkpoint": str(cfg.ckpt_path)}, cfg.paths.output_dir)
     for name, value in sorted({**metrics, **{k: v for k, v in extra.items() if isinstance(v, float)}}.items()):
         print(f"{name}: {value:.4f}")
     return metrics
+
+
+def is_training_data(path: str | None, trained_on: str | None) -> bool:
+    """Whether eval's data.path (None: not given) is the data the checkpoint was trained on, whose held-out split
+    alone is then tested: the rest of it taught the model."""
+    if path is None:
+        return True
+    return trained_on is not None and os.path.realpath(Path(path).expanduser()) == os.path.realpath(Path(trained_on).expanduser())
 
 
 @torch.no_grad()
