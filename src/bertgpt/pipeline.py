@@ -148,9 +148,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the held-out split of its training data, or on every row of other data (data.path=...,
     in any format the task reads); prints and logs the metrics."""
     model, datamodule_class, data_hparams = load_checkpoint(cfg.ckpt_path)
-    overrides = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
-    if not is_training_data(overrides.get("path"), data_hparams.get("path")):
-        overrides = {"source": "auto", "test_all": True, **overrides}  # data.source / data.test_all given still win
+    overrides = eval_data(OmegaConf.to_container(cfg.data), data_hparams, datamodule_class)
     datamodule = datamodule_class(**{**data_hparams, **overrides})
     datamodule.use_labels(list(model.hparams.labels))  # the model's label ids, whatever labels this data uses
     trainer = build_trainer(cfg)
@@ -164,12 +162,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def is_training_data(path: str | None, trained_on: str | None) -> bool:
-    """Whether eval's data.path (None: not given) is the data the checkpoint was trained on, whose held-out split
-    alone is then tested: the rest of it taught the model."""
-    if path is None:
-        return True
-    return trained_on is not None and os.path.realpath(Path(path).expanduser()) == os.path.realpath(Path(trained_on).expanduser())
+def eval_data(given: dict, data_hparams: dict, datamodule_class) -> dict:
+    """The data settings eval gives on top of the checkpoint's: other data than the training data is tested whole
+    (data.test_all), read in whatever format it is; the training data, named by its path or not at all, by the
+    held-out split alone, which the model never trained on. data.source / data.test_all given still win."""
+    overrides = {k: v for k, v in given.items() if v is not None}
+    path, trained_on = overrides.get("path"), data_hparams.get("path")
+    if path is None or same_file(path, trained_on):
+        return overrides
+    if trained_on is None and same_file(path, datamodule_class.bundled_data(data_hparams)):
+        del overrides["path"]  # the bundled data, read as training read it (its reviews are only some of that CSV's rows)
+        return overrides
+    return {"source": "auto", "test_all": True, **overrides}
+
+
+def same_file(path: str | Path, other: str | Path | None) -> bool:
+    return other is not None and os.path.realpath(Path(path).expanduser()) == os.path.realpath(Path(other).expanduser())
 
 
 @torch.no_grad()

