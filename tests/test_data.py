@@ -7,12 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import toy_reviews, write_csv
+from conftest import toy_reviews, windows_copy, write_csv
 from sklearn.model_selection import train_test_split
 
 from bertgpt.data import tokenize
 from bertgpt.data.base import PadCollator, group_by_length
-from bertgpt.data.reviews import IMDBDataModule, bundled_csv, load_corpus, read_table
+from bertgpt.data.reviews import (
+    IMDBDataModule,
+    bundled_csv,
+    detect_source,
+    load_corpus,
+    read_lines,
+    read_table,
+)
 from bertgpt.errors import UserError
 
 
@@ -77,6 +84,91 @@ def test_csv_and_jsonl_with_named_columns(tmp_path):
     for path in (csv_path, jsonl):
         corpus = load_corpus(path=str(path), text_column="review", label_column="sentiment")
         assert corpus.train.texts == texts and corpus.train.labels == labels
+
+
+def test_files_saved_on_windows_read_like_plain_ones(tmp_path):
+    """A byte-order mark and CRLF line ends change nothing: not the first label, a column name, nor a review."""
+    texts, labels = toy_reviews(6)
+    plain = write_pair(tmp_path / "pair", "\n".join(texts) + "\n", "\n".join("positive" if y else "negative" for y in labels) + "\n")
+    windows = tmp_path / "windows"
+    windows.mkdir()
+    for name in ("reviews.txt", "labels.txt"):
+        windows_copy(plain / name, windows / name)
+    assert (windows / "labels.txt").read_bytes().startswith(b"\xef\xbb\xbfnegative\r\n")
+    assert load_corpus(path=str(windows)) == load_corpus(path=str(plain))
+    assert read_lines(windows / "reviews.txt") == read_lines(plain / "reviews.txt") == texts  # predict's file=
+    csv_path = write_csv(tmp_path / "r.csv", texts, labels)
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels)) + "\n")
+    for path in (csv_path, jsonl):
+        assert load_corpus(path=str(windows_copy(path))) == load_corpus(path=str(path)) == load_corpus(path=str(plain))
+    review = tmp_path / "aclImdb" / "train" / "pos" / "0_9.txt"
+    review.parent.mkdir(parents=True)
+    review.write_text("line one\nline two", encoding="utf-8")
+    windows_copy(review, review)
+    assert load_corpus(path=str(tmp_path / "aclImdb")).train.texts == ["line one\nline two"]
+
+
+def test_datasets_files_read_like_the_csv(tmp_path):
+    """A save_to_disk folder, a Parquet file and an Arrow file give the CSV's corpus: ClassLabel ids by their names,
+    string labels as in a CSV, and a missing column names the columns there are."""
+    import datasets
+
+    texts, labels = toy_reviews(12)
+    expected = load_corpus(path=str(write_csv(tmp_path / "r.csv", texts, labels, "review", "sentiment")),
+                           text_column="review", label_column="sentiment")
+    features = datasets.Features({"review": datasets.Value("string"), "sentiment": datasets.ClassLabel(names=["neg", "pos"])})
+    dataset = datasets.Dataset.from_dict({"review": texts, "sentiment": labels}, features=features)
+    dataset.save_to_disk(tmp_path / "saved")
+    dataset.to_parquet(tmp_path / "r.parquet")
+    (arrow,) = (tmp_path / "saved").glob("*.arrow")
+    named = tmp_path / "named.parquet"  # labels as strings, no ClassLabel
+    datasets.Dataset.from_dict({"review": texts, "sentiment": ["positive" if y else "negative" for y in labels]}).to_parquet(named)
+    for path, source in ((tmp_path / "saved", "hf_disk"), (tmp_path / "r.parquet", "parquet"), (arrow, "arrow"), (named, "parquet")):
+        assert detect_source(str(path)) == source
+        assert load_corpus(path=str(path), text_column="review", label_column="sentiment") == expected, path
+    assert load_corpus("parquet", str(named), "review", "sentiment") == expected  # explicit data.source
+    with pytest.raises(UserError, match=r"r.parquet: no column 'text' \(found: review, sentiment\). Set data.text_column"):
+        load_corpus(path=str(tmp_path / "r.parquet"))
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(UserError, match="broken.parquet: not a readable parquet dataset"):
+        load_corpus(path=str(tmp_path / "broken.parquet"))
+
+
+def test_dataset_dict_keeps_its_own_validation_and_test_splits(tmp_path, tiny_bert):
+    import datasets
+
+    texts, labels = toy_reviews(60)
+    part = lambda a, b: datasets.Dataset.from_dict({"text": texts[a:b], "label": labels[a:b]})  # noqa: E731
+    unlabelled = datasets.Dataset.from_dict({"text": ["no label"], "label": [-1]})
+    datasets.DatasetDict(train=part(0, 40), validation=part(40, 50), test=part(50, 60), unsupervised=unlabelled).save_to_disk(tmp_path / "dd")
+    corpus = load_corpus(path=str(tmp_path / "dd"))
+    assert (corpus.train.texts, corpus.val.texts, corpus.test.texts) == (texts[:40], texts[40:50], texts[50:])
+    raw = IMDBDataModule(tokenizer=tiny_bert, path=str(tmp_path / "dd"), cache_dir=str(tmp_path / "cache")).raw_splits()
+    assert raw["val"] == corpus.val and raw["test"] == corpus.test and raw["train"] == corpus.train  # no 9:1 cut
+    datasets.DatasetDict(train=part(0, 40)).save_to_disk(tmp_path / "one")  # one split: the usual 9:1 split
+    raw = IMDBDataModule(tokenizer=tiny_bert, path=str(tmp_path / "one"), cache_dir=str(tmp_path / "cache")).raw_splits()
+    assert {k: len(v) for k, v in raw.items()} == {"train": 36, "val": 4, "test": 4}
+    datasets.DatasetDict(a=part(0, 40), b=unlabelled).save_to_disk(tmp_path / "odd")
+    with pytest.raises(UserError, match="splits a, b, none of them a training split"):
+        load_corpus(path=str(tmp_path / "odd"))
+    unlabelled.save_to_disk(tmp_path / "unlabelled")
+    with pytest.raises(UserError, match=r"unlabelled, row 1: unknown label -1"):
+        load_corpus(path=str(tmp_path / "unlabelled"))
+
+
+def test_test_all_makes_every_review_the_test_split(toy_csv, tiny_bert, tmp_path):
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), test_all=True, cache_dir=str(tmp_path))
+    raw = dm.raw_splits()
+    assert list(raw) == ["test"] and raw["test"] == load_corpus(path=str(toy_csv)).train
+    assert dm.test_origin == f"all 200 reviews of {toy_csv}"
+    dm.setup("test")
+    assert len(dm.splits["test"]) == 200 and len(dm.test_dataloader().dataset) == 200
+    limited = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), test_all=True, test_size=50, cache_dir=str(tmp_path))
+    assert len(limited.raw_splits()["test"]) == 50 and limited.test_origin == f"50 of the 200 reviews of {toy_csv}"
+    held_out = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), cache_dir=str(tmp_path))
+    held_out.raw_splits()
+    assert held_out.test_origin == f"the 20-review held-out split of the training data ({toy_csv})"
 
 
 def test_table_rows_filtered_and_ragged(tmp_path):

@@ -156,7 +156,7 @@ def test_pair_folder_missing_a_file_or_the_layout(tmp_path):
     with pytest.raises(UserError, match=r"reviews.txt: no such file. Check data.path"):
         load_corpus(path=str(tmp_path / "pair"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="neither reviews.txt \\+ labels.txt nor an aclImdb layout"):
+    with pytest.raises(UserError, match="neither reviews.txt \\+ labels.txt, an aclImdb layout .*, nor a folder written by datasets' save_to_disk"):
         load_corpus(path=str(tmp_path / "empty"))
 
 

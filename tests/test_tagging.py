@@ -95,6 +95,26 @@ def test_pos_eval_reproduces_the_test_accuracy(pos_run, tmp_path):
     assert float(printed["test/baseline_acc"]) == pytest.approx(trained["test/baseline_acc"], abs=1e-4)
 
 
+def test_pos_eval_on_another_file_tests_every_sentence(pos_run, tmp_path):
+    """17 new sentences, as a Parquet file: all of them tested, with the model's tag ids; no baseline (no training
+    split); a tag the model never learnt is one clear error."""
+    import datasets
+
+    sentences = tagged_sentences(17, seed=7)
+    parquet = tmp_path / "new.parquet"
+    datasets.Dataset.from_dict({"tokens": [[w for w, _ in s] for s in sentences], "tags": [[t for _, t in s] for s in sentences]}).to_parquet(parquet)
+    result = run_script("eval", f"ckpt_path={pos_run}/checkpoints/last.ckpt", f"data.path={parquet}", f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Testing on all 17 sentences of {parquet}" in result.stdout + result.stderr
+    (run,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/samples"] == 17 and metrics["test/acc"] >= 0.9 and "test/baseline_acc" not in metrics
+    assert set(metrics["per_tag"]) == {".", "ADJ", "DET", "NOUN", "VERB"}
+    unknown = write_columns(tmp_path / "unknown.txt", [[("the", "DET"), ("zebra", "PROPN")]])
+    result = run_script("eval", f"ckpt_path={pos_run}/checkpoints/last.ckpt", f"data.path={unknown}", f"paths.log_dir={tmp_path / 'logs2'}")
+    assert result.returncode == 2 and "tags the model was not trained on: PROPN" in result.stderr, result.stderr[-2000:]
+
+
 def test_pos_predict_prints_one_tag_per_word(pos_run, tmp_path):
     result = run_script("predict", f"ckpt_path={pos_run}/checkpoints/last.ckpt", "text=the old dog liked a story .", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]

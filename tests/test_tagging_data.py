@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 import torch
+from conftest import windows_copy
 
 from bertgpt.data import tagging
 from bertgpt.data.base import IGNORE
@@ -152,6 +153,77 @@ def test_columns_take_first_and_last_and_skip_docstart(tmp_path):
     ]
     assert read_sentences(write(tmp_path / "two.txt", "a DET\ncat NOUN\n\n\nsat VERB"), source="columns") == [
         [("a", "DET"), ("cat", "NOUN")], [("sat", "VERB")]]
+
+
+@pytest.mark.parametrize("name, text", [("ud.conllu", CONLLU_SAMPLE), ("eng.train", CONLL2003_SAMPLE), ("brown.txt", BROWN_SAMPLE)])
+def test_files_saved_on_windows_read_like_plain_ones(tmp_path, name, text):
+    """A byte-order mark and CRLF line ends: the same sentences, the same format detected, the same first word."""
+    plain = write(tmp_path / name, text)
+    windows = windows_copy(plain)
+    assert windows.read_bytes().startswith(b"\xef\xbb\xbf") and b"\r\n" in windows.read_bytes()
+    assert tagging.detect_source(windows) == tagging.detect_source(plain)
+    assert read_sentences(windows) == read_sentences(plain)
+
+
+def test_datasets_files_read_like_the_columns_file(tmp_path):
+    """save_to_disk, Parquet and Arrow: the same sentences as the two-column file; ClassLabel tags by their names,
+    the tags column found under its usual names, and a missing column named with the columns there are."""
+    import datasets
+
+    expected = read_sentences(write(tmp_path / "toy.txt", toy_columns(9)))
+    words, tags = [[w for w, _ in s] for s in expected], [[t for _, t in s] for s in expected]
+    names = sorted({t for sentence in tags for t in sentence})
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")), "pos_tags": datasets.List(datasets.ClassLabel(names=names))})
+    dataset = datasets.Dataset.from_dict({"tokens": words, "pos_tags": [[names.index(t) for t in s] for s in tags]}, features=features)
+    dataset.save_to_disk(tmp_path / "saved")
+    dataset.to_parquet(tmp_path / "toy.parquet")
+    (arrow,) = (tmp_path / "saved").glob("*.arrow")
+    for path, source in ((tmp_path / "saved", "hf_disk"), (tmp_path / "toy.parquet", "parquet"), (arrow, "arrow")):
+        assert tagging.detect_source(path) == source
+        assert read_sentences(path) == expected, path
+    strings = tmp_path / "strings.parquet"
+    datasets.Dataset.from_dict({"words": words, "upos": tags}).to_parquet(strings)
+    assert read_sentences(strings, tokens_column="words") == expected  # upos: data.tag_column's default
+    assert read_sentences(strings, source="parquet", tokens_column="words", tags_column="upos") == expected
+    with pytest.raises(UserError, match=r"strings.parquet: no column 'tokens' \(found: words, upos\). Set data.tokens_column"):
+        read_sentences(strings)
+    with pytest.raises(UserError, match=r"no tags column \(looked for tags, xpos, pos_tags; found: words, upos\)"):
+        read_sentences(strings, tokens_column="words", tag_column="xpos")
+    datasets.Dataset.from_dict({"tokens": [["a", "cat"], ["the", "dog"]], "tags": [["DET", "NOUN"], ["DET"]]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(UserError, match=r"bad.parquet, row 2: 2 words in 'tokens' but 1 tags in 'tags'"):
+        read_sentences(tmp_path / "bad.parquet")
+
+
+def test_dataset_dict_splits_are_its_own_split(tiny_bert, tmp_path):
+    import datasets
+
+    def part(n: int, tags=("DET", "NOUN", "VERB")):
+        sentences = read_sentences(write(tmp_path / "part.txt", toy_columns(n, tags)))
+        return datasets.Dataset.from_dict({"tokens": [[w for w, _ in s] for s in sentences], "tags": [[t for _, t in s] for s in sentences]})
+
+    datasets.DatasetDict(train=part(6), validation=part(2), test=part(3)).save_to_disk(tmp_path / "dd")
+    dm = TaggingDataModule(tiny_bert, path=str(tmp_path / "dd"), cache_dir=str(tmp_path / "cache"))
+    assert {k: len(v) for k, v in dm.raw_splits().items()} == {"train": 6, "val": 2, "test": 3}
+    assert dm.labels == ["DET", "NOUN", "VERB"] and dm.test_origin == f"the 3-sentence test split of {tmp_path / 'dd'}"
+    datasets.DatasetDict(train=part(6), test=part(3)).save_to_disk(tmp_path / "no-val")
+    with pytest.raises(UserError, match="no validation split. A dataset's own split needs train, validation and test"):
+        read_sentences(tmp_path / "no-val")
+    datasets.DatasetDict(train=part(10)).save_to_disk(tmp_path / "one")  # one split: ours, 80/10/10
+    assert {k: len(v) for k, v in TaggingDataModule(tiny_bert, path=str(tmp_path / "one")).raw_splits().items()} == {"train": 8, "val": 1, "test": 1}
+
+
+def test_test_all_tests_every_sentence_with_the_models_tags(tiny_bert, tmp_path):
+    path = write(tmp_path / "few.txt", toy_columns(7, tags=("DET", "NOUN", "VERB")))
+    dm = TaggingDataModule(tiny_bert, path=str(path), test_all=True, cache_dir=str(tmp_path / "cache"))
+    dm.use_labels([".", "ADJ", "DET", "NOUN", "VERB"])  # the trained model's tags: more than this file uses
+    raw = dm.raw_splits()
+    assert list(raw) == ["test"] and raw["test"] == read_sentences(path)
+    assert dm.test_origin == f"all 7 sentences of {path}" and dm.baseline() is None  # no training split to count
+    dm.setup("test")
+    assert dm.labels == [".", "ADJ", "DET", "NOUN", "VERB"] and len(dm.splits["test"]) == 7
+    assert {int(t) for t in dm.splits["test"].token_labels} - {IGNORE} == {2, 3, 4}  # DET, NOUN, VERB as the model numbers them
+    with pytest.raises(UserError, match=r"tags the model was not trained on: NOUN, VERB. It knows 2 \(DET, X\)"):
+        TaggingDataModule(tiny_bert, path=str(path), test_all=True).use_labels(["DET", "X"])
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,9 @@ def task_results(model, datamodule, output_dir: str | Path) -> dict:
             table = per_tag_table(model.per_tag)
             write_text(Path(output_dir) / "per_tag.md", table + "\n")
             log.info("Per-tag precision / recall / F1 on the test split:\n%s", table)
-    if hasattr(datamodule, "baseline"):
-        extra["test/baseline_acc"] = datamodule.baseline()
+    baseline = datamodule.baseline() if hasattr(datamodule, "baseline") else None
+    if baseline is not None:  # None: no training split to count the tags of (data.test_all)
+        extra["test/baseline_acc"] = baseline
         log.info("Majority tag per word (the floor every tagger must beat): test accuracy %.4f", extra["test/baseline_acc"])
     return extra
 
@@ -152,18 +153,39 @@ def task_class(name: str, path: str):
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint on its held-out set (or on other data: data.path=...); prints and logs the metrics."""
+    """Test a checkpoint on the held-out split of its training data, or on every row of other data (data.path=...,
+    in any format the task reads); prints and logs the metrics."""
     model, datamodule_class, data_hparams = load_checkpoint(cfg.ckpt_path)
-    overrides = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
+    overrides = eval_data(OmegaConf.to_container(cfg.data), data_hparams, datamodule_class)
     datamodule = datamodule_class(**{**data_hparams, **overrides})
+    datamodule.use_labels(list(model.hparams.labels))  # the model's label ids, whatever labels this data uses
     trainer = build_trainer(cfg)
     results = trainer.test(model, datamodule=datamodule)
     metrics = scalars(results[0]) if results else {}
     extra = task_results(model, datamodule, cfg.paths.output_dir)
-    write_metrics({**metrics, **extra, "checkpoint": str(cfg.ckpt_path)}, cfg.paths.output_dir)
+    tested = {"test/samples": len(datamodule.splits["test"]), "test/data": datamodule.test_origin}
+    write_metrics({**metrics, **extra, **tested, "checkpoint": str(cfg.ckpt_path)}, cfg.paths.output_dir)
     for name, value in sorted({**metrics, **{k: v for k, v in extra.items() if isinstance(v, float)}}.items()):
         print(f"{name}: {value:.4f}")
     return metrics
+
+
+def eval_data(given: dict, data_hparams: dict, datamodule_class) -> dict:
+    """The data settings eval gives on top of the checkpoint's: other data than the training data is tested whole
+    (data.test_all), read in whatever format it is; the training data, named by its path or not at all, by the
+    held-out split alone, which the model never trained on. data.source / data.test_all given still win."""
+    overrides = {k: v for k, v in given.items() if v is not None}
+    path, trained_on = overrides.get("path"), data_hparams.get("path")
+    if path is None or same_file(path, trained_on):
+        return overrides
+    if trained_on is None and same_file(path, datamodule_class.bundled_data(data_hparams)):
+        del overrides["path"]  # the bundled data, read as training read it (its reviews are only some of that CSV's rows)
+        return overrides
+    return {"source": "auto", "test_all": True, **overrides}
+
+
+def same_file(path: str | Path, other: str | Path | None) -> bool:
+    return other is not None and os.path.realpath(Path(path).expanduser()) == os.path.realpath(Path(other).expanduser())
 
 
 @torch.no_grad()

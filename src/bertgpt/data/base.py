@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bertgpt.errors import UserError
@@ -134,6 +135,13 @@ class PadCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def tested_on(n: int, total: int, item: str, split: str | None, where: str) -> str:
+    """What a test runs on, as `Testing on ...` says it: `all 1,234 reviews of FILE` (split None: every row), `the
+    2,500-review held-out split of the training data (FILE)`, led by `100 of` when a size limit takes fewer."""
+    limited = f"{n:,} of " if n < total else ""
+    if split is None:
+        return f"{limited}{'the' if limited else 'all'} {total:,} {item}s of {where}"
+    return f"{limited}the {total:,}-{item} {split} of {where}"
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -146,6 +154,7 @@ class TokenDataModule(L.LightningDataModule):
     """
 
     labels: list[str]
+    test_origin = "the test split"  # what the test split holds, in words (see `tested_on`): set when the data is read
 
     def __init__(self, max_length: int, pad_to_multiple_of: int, item: str):
         """Checks the options every task shares; `item` names what one example is (a review, a sentence)."""
@@ -173,6 +182,17 @@ class TokenDataModule(L.LightningDataModule):
         """What the task's LightningModule is built with besides its config: the label names."""
         return {"labels": list(self.labels)}
 
+    @classmethod
+    def bundled_data(cls, hparams: dict) -> Path | None:
+        """Where the data that a run without data.path trains on lies (if anywhere): eval, given that path, must
+        read it as training did."""
+        return None
+
+    def use_labels(self, labels: list[str]) -> None:
+        """Label ids as a trained model has them (eval on other data must not renumber the classes)."""
+        if list(map(str, self.labels)) != list(labels):
+            raise UserError(f"the model was trained on the labels {', '.join(labels)}, but this data has {', '.join(self.labels)}.")
+
     def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
@@ -186,6 +206,8 @@ class TokenDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = {name: TokenizedSplit(packed) for name, packed in self.encoded_splits().items()}
+        if stage == "test":
+            rank_zero_info(f"Testing on {self.test_origin}")
 
     @staticmethod
     def collator_for(tokenizer, multiple: int = 1) -> PadCollator:

