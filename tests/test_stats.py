@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -89,3 +90,29 @@ def test_same_seed_same_numbers_and_a_new_seed_new_draws():
 def test_arms_on_different_items_are_refused():
     with pytest.raises(UserError, match="500 and 499 items"):
         paired_bootstrap(np.ones(500), np.ones(499))
+
+
+
+def test_a_sentiment_test_saves_each_review_in_the_splits_order(tiny_bert, toy_csv, tmp_path):
+    """predictions.json: what the paired bootstrap needs, each held-out review's label and prediction in the test
+    split's own order (the loader visits them sorted by length), agreeing with test/acc."""
+    import lightning as L
+    import torch
+
+    from bertgpt.data.reviews import IMDBDataModule
+    from bertgpt.pipeline import task_results
+    from bertgpt.tasks.classification import SequenceClassifier
+
+    dm = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), max_length=32, eval_batch_size=8, cache_dir=str(tmp_path))
+    model = SequenceClassifier(net={"_target_": "bertgpt.models.convert.build_bert", "checkpoint": tiny_bert}, labels=dm.labels).eval()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.test(model, datamodule=dm)
+    task_results(model, dm, tmp_path)
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    test = dm.splits["test"]
+    assert list(dm.test_dataloader().sampler) != list(range(len(test)))  # the order to undo
+    assert saved["labels"] == ["negative", "positive"] and saved["label"] == test.labels.tolist() and len(test) == 20
+    with torch.no_grad():  # each review alone, in the split's order
+        alone = [model(ids[None], torch.ones(1, len(ids), dtype=torch.long)).argmax(-1).item() for ids, _ in test]
+    assert saved["prediction"] == alone
+    assert np.equal(saved["label"], saved["prediction"]).mean() == pytest.approx(metrics["test/acc"], abs=1e-6)

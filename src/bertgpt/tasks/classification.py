@@ -165,6 +165,30 @@ class SequenceClassifier(Classifier):
         n = len(self.hparams.labels)
         return MetricCollection({"acc": MulticlassAccuracy(n, average="micro"), "f1": binary_or_macro_f1(n)}, prefix=prefix)
 
+    # Each test review's label and prediction, in the test split's order: what a paired comparison of two runs
+    # needs (the same reviews, right or wrong in each), written by the pipeline as predictions.json.
+    test_predictions: dict | None = None
+
+    def on_test_epoch_start(self) -> None:
+        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_predictions = None
+
+    def test_step(self, batch, batch_idx):
+        preds, targets = self.evaluation_step(batch, "test")
+        self._test_batches.append((preds.cpu(), targets.cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.world_size > 1 or not self._test_batches:  # each rank saw a share: no single ordered list
+            return
+        # The loader visits the reviews in its sampler's order (sorted by length, to pad least): put them back.
+        order = torch.tensor(list(self.trainer.test_dataloaders.sampler))
+        preds, targets = (torch.cat(column) for column in zip(*self._test_batches))
+        if len(order) != len(preds):
+            raise RuntimeError(f"the test loader's sampler lists {len(order)} reviews but the test steps saw {len(preds)}")
+        rows = torch.empty_like(order)
+        rows[order] = torch.arange(len(order))
+        self.test_predictions = {"labels": self.hparams.labels, "label": targets[rows].tolist(), "prediction": preds[rows].tolist()}
+
     @torch.no_grad()
     def predict_texts(self, batch: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
         """The label and its probability for each text of a collated batch."""
