@@ -8,6 +8,7 @@ import shlex
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_script, toy_reviews
 from PIL import Image
@@ -301,3 +302,38 @@ def test_report_writer_refuses_an_unfinished_compare_and_keeps_the_old_report(tm
     with pytest.raises(UserError, match="run gpt has no metrics.json"):
         write_report(folder, reports)
     assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
+
+
+def fake_predictions(folder: Path, name: str, right: slice, labels: list[int]) -> None:
+    """predictions.json for a fake run: right on the reviews `right` selects, wrong on the others; test/acc to match."""
+    correct = np.zeros(len(labels), dtype=bool)
+    correct[right] = True
+    predictions = [y if ok else 1 - y for y, ok in zip(labels, correct)]
+    (folder / name / "predictions.json").write_text(json.dumps({"labels": ["negative", "positive"], "label": labels, "prediction": predictions}))
+    metrics = json.loads((folder / name / "metrics.json").read_text())
+    (folder / name / "metrics.json").write_text(json.dumps({**metrics, "test/acc": correct.mean()}))
+
+
+def test_report_gives_intervals_and_paired_verdicts_from_the_runs_predictions(tmp_path):
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    fake_compare(folder)
+    labels = np.random.default_rng(0).integers(0, 2, 400).tolist()
+    fake_predictions(folder, "bert", slice(0, 240), labels)  # 60%
+    fake_predictions(folder, "bert_scratch", slice(4, 248), labels)  # 61%: 8 reviews gained, 4 lost, the rest shared
+    fake_predictions(folder, "gpt", slice(0, 320), labels)  # 80%: right on all that bert gets, and 80 more
+    fake_predictions(folder, "gpt_scratch", slice(0, 240), labels[:-1] + [1 - labels[-1]])  # a different test set
+    text = write_report(folder, reports).read_text()
+    tables = check_tables(reports / "compare.md", folder)  # the held-out acc column is each run's test/acc
+    intervals = {row["run"].strip("`"): row for row in tables[-1]}
+    assert list(intervals) == PRACTICAL and intervals["bert"]["held-out reviews"] == "400"
+    half = 100 * 1.96 * np.sqrt(0.6 * 0.4 / 400)  # 4.8 points: the normal approximation
+    assert as_number(intervals["bert"]["95% from"]) == pytest.approx(60 - half, abs=0.7)
+    assert as_number(intervals["bert"]["95% to"]) == pytest.approx(60 + half, abs=0.7)
+    assert re.search(r"ours vs the library, BERT: `bert_scratch` 61.00% vs `bert` 60.00% held-out \(\+1.00 points; paired bootstrap "
+                     r"over 400 reviews: 95% interval \[-?\+?\d\.\d\d, \+\d\.\d\d\] points, \*\*no difference found\*\*\)", text)
+    assert re.search(r"decoder vs BERT, bundled weights: `gpt` 80.00% vs `bert` 60.00% held-out \(\+20.00 points; paired bootstrap "
+                     r"over 400 reviews: 95% interval \[\+1\d\.\d\d, \+2\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
+    assert "ours vs the library, decoder: `gpt_scratch` 60.00% vs `gpt` 80.00% held-out (-20.00 points; not on the same held-out reviews" in text
+    assert "A verdict names a side only when its interval excludes 0" in text
+    assert "One seed each:" in text  # the controlled arms have no predictions: the rule of thumb stays for them
+    assert write_report(folder, reports).read_text() == text  # seeded: the same files, the same intervals

@@ -1,7 +1,8 @@
 """The report of a compare folder: tables, plots and a TensorBoard summary, from that folder's files only.
 
 Reads `compare.json` (what ran, the budget, the machine, each run's wall time) and, for each run, its
-`metrics.json` and TensorBoard events; writes `<report dir>/compare.md` with `compare_*.png` beside it, and
+`metrics.json`, TensorBoard events and `predictions.json` (each held-out review's label and prediction: the
+intervals and the paired-bootstrap verdicts of `experiments.stats`); writes `<report dir>/compare.md` with `compare_*.png` beside it, and
 `<compare dir>/summary/` (the tables as text and the figures, for `tensorboard --logdir`). Nothing is written
 under its final name until everything is made, so a failure never leaves half a report.
 """
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from bertgpt import ROOT
 from bertgpt.errors import UserError
+from bertgpt.experiments.stats import RESAMPLES, bootstrap_accuracy, paired_bootstrap
 
 REPORT = "compare.md"
 PARTS = {
@@ -35,9 +39,17 @@ class RunFiles:
     info: dict
     metrics: dict
     series: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)  # tag -> (step, seconds, value)
+    predictions: dict | None = None  # predictions.json: "label" and "prediction" per held-out review, in order
 
     def points(self, tag: str) -> list[tuple[int, float, float]]:
         return self.series.get(tag, [])
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """1 where the run got a held-out review right, in the test split's order; None without predictions.json."""
+        if not self.predictions:
+            return None
+        return np.equal(self.predictions["label"], self.predictions["prediction"]).astype(float)
 
 
 def read_events(folder: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -80,7 +92,9 @@ def read_run(folder: Path, name: str, info: dict) -> RunFiles:
         raise UserError(f"{folder}: run {name} has no metrics.json (it did not finish). Its log: {folder / name / 'output.log'}")
     layers, width = saved_config(folder / name, "model.n_layer"), saved_config(folder / name, "model.n_embd")  # pretraining's size
     info = {**info, "weights": weights(folder, folder / name), "size": f"{layers} x {width}" if layers and width else ""}
-    return RunFiles(name, info, json.loads(metrics_file.read_text()), read_events(folder / name))
+    predictions = folder / name / "predictions.json"  # sentiment runs write it; older ones and pretraining do not
+    return RunFiles(name, info, json.loads(metrics_file.read_text()), read_events(folder / name),
+                    json.loads(predictions.read_text()) if predictions.is_file() else None)
 
 
 def read_compare(folder: Path) -> tuple[dict, list[RunFiles]]:
@@ -169,24 +183,67 @@ def table(runs: list[RunFiles], columns: dict) -> str:
     return "\n".join(lines)
 
 
+INTERVAL_COLUMNS = {
+    "held-out reviews": lambda r, _: count(len(r.correct)),
+    "held-out acc": lambda r, acc: percent(acc.mean),  # test/acc, counted from the predictions
+    "95% from": lambda r, acc: percent(acc.low),
+    "95% to": lambda r, acc: percent(acc.high),
+}
+
+
+def interval_table(runs: list[RunFiles]) -> str:
+    """Each fine-tuned run's held-out accuracy with its 95% bootstrap interval over the held-out reviews."""
+    rows = [(r, bootstrap_accuracy(r.correct)) for r in runs if r.correct is not None]
+    header = ["run", "model", *INTERVAL_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, acc in rows:
+        lines.append("| " + " | ".join([f"`{run.name}`", run.info.get("description", ""), *(cell(run, acc) for cell in INTERVAL_COLUMNS.values())]) + " |")
+    return "\n".join(lines) if rows else ""
+
+
+def verdict(a: RunFiles, b: RunFiles) -> str | None:
+    """The paired bootstrap of a - b over the held-out reviews both were tested on, as a clause; None when
+    either run lacks predictions.json or the two were tested on different reviews."""
+    if a.correct is None or b.correct is None:
+        return None
+    if a.predictions["label"] != b.predictions["label"]:
+        return "not on the same held-out reviews, so no paired interval"
+    diff = paired_bootstrap(a.correct, b.correct)
+    found = {"A better": f"`{a.name}` better", "B better": f"`{b.name}` better"}.get(diff.verdict, diff.verdict)
+    return (f"paired bootstrap over {len(a.correct):,} reviews: 95% interval [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] "
+            f"points, **{found}**")
+
+
 def contrasts(runs: list[RunFiles], held_out: int | None) -> list[str]:
-    """One line per pair of arms that both ran: the accuracy gap and the speed ratio, with the noise to read them by."""
+    """One line per pair of arms that both ran: the accuracy gap with its paired-bootstrap verdict, and the speed
+    ratio. Runs without per-review predictions get the rule-of-thumb noise instead."""
     keys = ("test/acc", "train/samples_per_sec")
-    by_name = {r.name: r.metrics for r in runs if all(k in r.metrics for k in keys)}
-    lines = []
+    by_name = {r.name: r for r in runs if all(k in r.metrics for k in keys)}
+    lines, unpaired, paired_any = [], False, False
     for a, b, what in CONTRASTS:
         if a in by_name and b in by_name:
-            ma, mb = by_name[a], by_name[b]
+            ma, mb = by_name[a].metrics, by_name[b].metrics
             gap = 100 * (ma["test/acc"] - mb["test/acc"])
             speed = ma["train/samples_per_sec"] / mb["train/samples_per_sec"]
+            paired = verdict(by_name[a], by_name[b])
+            unpaired, paired_any = unpaired or paired is None, paired_any or paired is not None
             lines.append(f"- {what}: `{a}` {percent(ma['test/acc'])} vs `{b}` {percent(mb['test/acc'])} held-out "
-                         f"({gap:+.2f} points), {speed:.2f}x the training samples/s.")
-    if lines and held_out:
-        p = sum(m["test/acc"] for m in by_name.values()) / len(by_name)
+                         f"({gap:+.2f} points{f'; {paired}' if paired else ''}), {speed:.2f}x the training samples/s.")
+    if paired_any:
+        lines.append(f"- {PAIRED_NOTE}")
+    if unpaired and held_out:
+        p = sum(r.metrics["test/acc"] for r in by_name.values()) / len(by_name)
         error = 100 * math.sqrt(p * (1 - p) / held_out)
         lines.append(f"- One seed each: at {percent(p)} on {held_out:,} held-out reviews an accuracy has a standard error of {error:.1f} "
                      f"points, a gap between two of {math.sqrt(2) * error:.1f}; smaller gaps are noise.")
     return lines
+
+
+PAIRED_NOTE = (
+    f"Each interval is a 95% percentile interval of {RESAMPLES:,} bootstrap draws (seeded: the same files give the same numbers). "
+    "A verdict names a side only when its interval excludes 0; the reviews are drawn jointly for both arms (paired), "
+    "which is why a gap can be decided that is smaller than either accuracy's own interval."
+)
 
 
 # -- figures -----------------------------------------------------------------------------------------------------
@@ -289,6 +346,11 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
             lines += ["", "### Fine-tuning", ""]
         lines += [table(members, FINETUNE_COLUMNS), ""]
         lines += [f"![{images[name]}]({name})" for name in images if name.startswith(f"compare_{part}_")]
+    intervals = interval_table([r for r in runs if r.info["part"] != "pretraining"])
+    if intervals:
+        lines += ["", "## Held-out accuracy with 95% intervals", "",
+                  "Bootstrap over the held-out reviews (each run's `predictions.json`): how far another draw of as many "
+                  "reviews could move the figure. One seed per arm, so the seed's own noise is not in it.", "", intervals]
     summary = contrasts([r for r in runs if r.info["part"] != "pretraining"], manifest["budget"]["val_size"])
     if summary:
         lines += ["", "## In short", "", *summary]
