@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bertgpt.errors import UserError
 from bertgpt.experiments.compare import ARMS
 from bertgpt.experiments.compare_report import read_events, write_report
+from bertgpt.experiments.stats import t_interval
 
 HAS_PRETRAIN = (ROOT / "src" / "pretrain.py").exists()
 PRACTICAL = [a for a, arm in ARMS.items() if arm.part == "practical"]
@@ -79,6 +81,8 @@ def check_tables(report: Path, folder: Path) -> list[list[dict[str, str]]]:
     manifest = json.loads((folder / "compare.json").read_text())
     for table in tables:
         for row in table:
+            if "run" not in row:  # a table of arms (the intervals), not of runs
+                continue
             name = row["run"].strip("`")
             metrics = json.loads((folder / name / "metrics.json").read_text())
             for column, cell in row.items():
@@ -179,6 +183,7 @@ def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny_ber
 @pytest.mark.parametrize("override, message", [
     ("compare.arms=[bert,bret]", "error: compare.arms=[bert,bret]: unknown bret. Choose from bert, bert_scratch"),
     ("compare.arms=[]", "error: compare.arms=[]: empty."),
+    ("compare.seeds=[1,x]", "error: compare.seeds=[1, 'x']: seeds are integers"),
     ("report_only=/nonexistent", "error: report_only=/nonexistent: not a compare folder (no compare.json)."),
 ])
 def test_bad_options_are_one_error_line_and_leave_nothing(override, message, tmp_path):
@@ -324,8 +329,9 @@ def test_report_gives_intervals_and_paired_verdicts_from_the_runs_predictions(tm
     fake_predictions(folder, "gpt_scratch", slice(0, 240), labels[:-1] + [1 - labels[-1]])  # a different test set
     text = write_report(folder, reports).read_text()
     tables = check_tables(reports / "compare.md", folder)  # the held-out acc column is each run's test/acc
-    intervals = {row["run"].strip("`"): row for row in tables[-1]}
-    assert list(intervals) == PRACTICAL and intervals["bert"]["held-out reviews"] == "400"
+    intervals = {row["arm"].strip("`"): row for row in tables[-1]}
+    assert list(intervals) == PRACTICAL  # the controlled arms left no predictions
+    assert intervals["bert"]["held-out reviews"] == "400" and intervals["bert"]["seeds"] == "1" and intervals["gpt"]["held-out acc"] == "80.00%"
     half = 100 * 1.96 * np.sqrt(0.6 * 0.4 / 400)  # 4.8 points: the normal approximation
     assert as_number(intervals["bert"]["95% from"]) == pytest.approx(60 - half, abs=0.7)
     assert as_number(intervals["bert"]["95% to"]) == pytest.approx(60 + half, abs=0.7)
@@ -335,5 +341,37 @@ def test_report_gives_intervals_and_paired_verdicts_from_the_runs_predictions(tm
                      r"over 400 reviews: 95% interval \[\+1\d\.\d\d, \+2\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
     assert "ours vs the library, decoder: `gpt_scratch` 60.00% vs `gpt` 80.00% held-out (-20.00 points; not on the same held-out reviews" in text
     assert "A verdict names a side only when its interval excludes 0" in text
-    assert "One seed each:" in text  # the controlled arms have no predictions: the rule of thumb stays for them
+    assert "Without per-review predictions:" in text  # the controlled arms have no predictions: the rule of thumb stays for them
     assert write_report(folder, reports).read_text() == text  # seeded: the same files, the same intervals
+
+
+def test_seeds_run_each_arm_once_per_seed_and_the_report_reads_them_together(tmp_path):
+    result = run_script("compare", "compare.dry_run=true", "compare.seeds=[7,8]", "compare.arms=[bert,bert_mlm]", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = dict(line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line))
+    assert list(commands) == ["bert_seed7", "bert_seed8", "pretrain_mlm", "bert_mlm_seed7", "bert_mlm_seed8"]
+    assert " seed=7 " in commands["bert_seed7"] and " seed=8 " in commands["bert_mlm_seed8"] and " seed=2024 " in commands["pretrain_mlm"]
+    # The report of such a compare: one row of intervals per arm, over its reviews and seeds.
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    fake_compare(folder)
+    manifest = json.loads((folder / "compare.json").read_text())
+    labels = np.random.default_rng(1).integers(0, 2, 300).tolist()
+    for arm, rights in {"bert": (150, 160, 170), "gpt": (240, 250, 255)}.items():  # 53.33% vs 82.78%, three seeds each
+        single = manifest["runs"].pop(arm)
+        for seed, right in enumerate(rights):
+            shutil.copytree(folder / arm, folder / f"{arm}_seed{seed}")
+            fake_predictions(folder, f"{arm}_seed{seed}", slice(0, right), labels)
+            manifest["runs"][f"{arm}_seed{seed}"] = {**single, "arm": arm, "seed": seed}
+        shutil.rmtree(folder / arm)
+    manifest["budget"]["seeds"] = [0, 1, 2]
+    (folder / "compare.json").write_text(json.dumps(manifest))
+    text = write_report(folder, reports).read_text()
+    assert "3 seeds (0, 1, 2)" in text
+    intervals = {row["arm"].strip("`"): row for row in parse_tables(text)[-1]}
+    bert = intervals["bert"]
+    assert bert["seeds"] == "3" and bert["held-out acc"] == "53.33%"  # (150 + 160 + 170) / 900
+    spread = t_interval([150 / 300, 160 / 300, 170 / 300])
+    assert bert["over seeds alone (t)"] == f"{100 * spread.low:.2f}% to {100 * spread.high:.2f}%"
+    assert as_number(bert["95% from"]) < 53.33 - 100 * 1.96 * np.sqrt(0.5333 * 0.4667 / 300) * 0.9  # reviews and seeds: no narrower than reviews alone
+    assert re.search(r"decoder vs BERT, bundled weights: `gpt` 82.78% vs `bert` 53.33% held-out \(\+29.44 points; paired bootstrap over "
+                     r"300 reviews and 3 x 3 seeds: 95% interval \[\+2\d\.\d\d, \+3\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
