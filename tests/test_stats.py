@@ -116,3 +116,6 @@ def test_a_sentiment_test_saves_each_review_in_the_splits_order(tiny_bert, toy_c
         alone = [model(ids[None], torch.ones(1, len(ids), dtype=torch.long)).argmax(-1).item() for ids, _ in test]
     assert saved["prediction"] == alone
     assert np.equal(saved["label"], saved["prediction"]).mean() == pytest.approx(metrics["test/acc"], abs=1e-6)
+    partial = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=1)
+    partial.test(model, datamodule=dm)
+    assert model.test_predictions is None  # 8 of 20 reviews: not a held-out set to pair with another run's

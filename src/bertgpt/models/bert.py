@@ -47,7 +47,7 @@ class BertConfig:
     # Not BERT's, but switches that isolate what the mask does (issue 12): the same weights under a decoder's
     # causal mask, and the sequence head read from another token than [CLS]. The defaults are BERT's.
     causal: bool = False  # True: each token attends to itself and the tokens before it only
-    pooling: str = "cls"  # the sequence head's input: cls (the first token), mean (of the real tokens), last (real token)
+    pooling: str = "cls"  # the sequence head's input: cls (the first token), mean (of the real tokens), last (the last real one)
 
     def __post_init__(self):
         check_choice(self.attention)
@@ -205,8 +205,8 @@ class BertForSequenceClassification(Encoder):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Class logits, (B, num_labels), from the pooled [CLS] token (or the `pooling` one)."""
         x = self.hidden_states(input_ids, attention_mask, token_type_ids)
-        first = x[:, 0] if self.config.pooling == "cls" else pool(x, attention_mask, self.config.pooling)  # (B, C); BERT pads right
-        pooled = torch.tanh(self.pooler(first))  # (B, C)
+        read = x[:, 0] if self.config.pooling == "cls" else pool(x, attention_mask, self.config.pooling)  # (B, C); BERT pads right
+        pooled = torch.tanh(self.pooler(read))  # (B, C)
         return self.classifier(self.dropout(pooled))
 
 
