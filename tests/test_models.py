@@ -137,6 +137,91 @@ def test_bert_token_head_matches_hf(batch):
     assert sorted(body_only.fresh_heads) == ["classifier.bias", "classifier.weight"]
 
 
+def test_causal_bert_never_reads_ahead(batch):
+    """causal=True: the output at position t is the same whatever follows t, padded or not; the default mask
+    (the same weights) does read ahead."""
+    torch.manual_seed(0)
+    hf = transformers.BertModel(tiny_bert_config())
+    causal = from_hf(bert.BertForTokenClassification, hf.config, hf.state_dict(), causal=True).eval()
+    bidirectional = from_hf(bert.BertForTokenClassification, hf.config, hf.state_dict()).eval()
+    ids, mask = batch
+    t = 4
+    changed = ids.clone()
+    changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % (V - 1) + 1  # every later token (real or pad) replaced
+    with torch.no_grad():
+        before, after = causal.hidden_states(ids, mask), causal.hidden_states(changed, mask)
+        assert _maxdiff(before[:, : t + 1], after[:, : t + 1], mask[:, : t + 1]) <= 1e-6
+        assert _maxdiff(before[:1], after[:1]) > 1e-3  # the later positions did change
+        assert _maxdiff(bidirectional.hidden_states(ids, mask)[:1, : t + 1], bidirectional.hidden_states(changed, mask)[:1, : t + 1]) > 1e-3
+        # Right padding under the causal mask: each sentence as if alone, unpadded.
+        for row, n in enumerate(mask.sum(1).tolist()):
+            alone = causal.hidden_states(ids[row : row + 1, :n])
+            assert _maxdiff(before[row : row + 1, :n], alone) <= 1e-5
+        assert causal(ids).shape == (4, 10, 3)  # no mask: the causal mask alone
+        assert _maxdiff(causal.hidden_states(ids)[:1], before[:1]) <= 1e-6  # row 0 has no padding
+
+
+def pooled_by_hand(x, mask, pooling):
+    """(B, C): the first real token, the mean of the real tokens or the last real one, row by row."""
+    rows = []
+    for h, m in zip(x, mask.bool()):
+        real = h[m]
+        rows.append({"cls": real[0], "mean": real.mean(0), "last": real[-1]}[pooling])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_bert_sequence_head_pools_what_it_says(pooling, batch):
+    torch.manual_seed(0)
+    hf = transformers.BertForSequenceClassification(tiny_bert_config())
+    ours = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict(), pooling=pooling).eval()
+    ids, mask = batch
+    with torch.no_grad():
+        x = ours.hidden_states(ids, mask)
+        expected = ours.classifier(torch.tanh(ours.pooler(pooled_by_hand(x, mask, pooling))))
+        assert _maxdiff(ours(ids, mask), expected) <= 1e-6
+        assert _maxdiff(ours(ids, mask), hf(ids, attention_mask=mask).logits) > 1e-4  # not [CLS]: not HF's any more
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "cls"])
+def test_decoder_sequence_head_pools_what_it_says(pooling, padding, batch):
+    hf = tiny_decoder("llama", "sequence")
+    ours = from_hf(gpt.GPTForSequenceClassification, hf.config, hf.state_dict(), pooling=pooling).eval()
+    ids, mask = batch if padding == "right" else to_left_padding(*batch)
+    with torch.no_grad():
+        expected = ours.score(pooled_by_hand(ours.hidden_states(ids, mask), mask, pooling))
+        assert _maxdiff(ours(ids, mask), expected) <= 1e-6
+        if pooling == "last":  # the default: HF's head
+            assert _maxdiff(ours(ids, mask), hf(ids, attention_mask=mask).logits) <= 1e-5
+
+
+def test_attention_direction_switches_refuse_what_they_cannot_be():
+    with pytest.raises(UserError, match="pooling=max: choose cls"):
+        convert.bert_config_from_hf(tiny_bert_config(), pooling="max")
+    with pytest.raises(UserError, match="pooling=first: choose cls"):
+        convert.gpt_config_from_hf(tiny_decoder("gpt2", None).config, pooling="first")
+    hf = transformers.BertForSequenceClassification(tiny_bert_config())
+    causal = from_hf(bert.BertForSequenceClassification, hf.config, hf.state_dict(), causal=True, pooling="last")
+    with pytest.raises(UserError, match="causal=True, pooling=last has no Hugging Face counterpart"):
+        to_hf(causal)
+    mean_tagger = from_hf(bert.BertForTokenClassification, hf.config, hf.state_dict(), pooling="mean")  # a token head pools nothing
+    assert to_hf(mean_tagger)[0].num_labels == 3
+
+
+def test_bert_causal_yaml_switches_our_bert_to_a_causal_mask():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="bert_causal", overrides=["net.pretrained=false", "+net.n_layer=1"])
+        scratch = compose(config_name="bert_scratch", overrides=["net.causal=true", "net.pooling=mean"])  # the switches, no +
+        decoder = compose(config_name="gpt_scratch", overrides=["net.pooling=mean"])
+    assert (scratch.net.causal, scratch.net.pooling, decoder.net.pooling, decoder.net.checkpoint) == (True, "mean", "mean", "smollm2-135m")
+    assert "causal" not in decoder.net  # a decoder is causal by construction
+    module = instantiate(cfg, _recursive_=False, **SENTIMENT)
+    assert (module.net.config.causal, module.net.config.pooling, module.net.config.vocab_size) == (True, "last", 30522)
+    ids = torch.randint(1, 30522, (2, 6))
+    assert module(ids, torch.ones_like(ids)).shape == (2, 2)
+
+
 # ----- GPT: GPT-2 and Llama layouts ----------------------------------------------------------------------------
 
 DECODERS = {  # kind -> head -> the HF class

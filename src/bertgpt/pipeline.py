@@ -62,7 +62,8 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 
 def task_results(model, datamodule, output_dir: str | Path) -> dict:
-    """What a task adds to metrics.json after its test: the per-tag table (tagging), the majority baseline."""
+    """What a task adds to metrics.json after its test: the per-tag table (tagging), the majority baseline; and
+    the per-review predictions (sentiment) as predictions.json beside it."""
     extra = {}
     if getattr(model, "per_tag", None):
         from bertgpt.tasks.tagging import per_tag_table
@@ -72,6 +73,8 @@ def task_results(model, datamodule, output_dir: str | Path) -> dict:
             table = per_tag_table(model.per_tag)
             write_text(Path(output_dir) / "per_tag.md", table + "\n")
             log.info("Per-tag precision / recall / F1 on the test split:\n%s", table)
+    if getattr(model, "test_predictions", None) and rank_zero_only.rank == 0:  # per review, for paired comparisons
+        write_text(Path(output_dir) / "predictions.json", json.dumps(model.test_predictions) + "\n")
     baseline = datamodule.baseline() if hasattr(datamodule, "baseline") else None
     if baseline is not None:  # None: no training split to count the tags of (data.test_all)
         extra["test/baseline_acc"] = baseline

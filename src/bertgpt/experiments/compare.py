@@ -79,14 +79,22 @@ def budget(cfg: DictConfig) -> dict:
     """The shared budget; full=true lifts the size limits (the whole data) and takes the GPU pretraining steps."""
     c = cfg.compare
     values = {k: c[k] for k in ("train_size", "val_size", "batch_size", "lr", "warmup_ratio", "epochs", "max_length", "seed", "val_check_interval", "log_every_n_steps")}
-    values.update(pretrain_steps=c.pretrain.steps, pretrain_docs=c.pretrain.docs)
+    values.update(pretrain_steps=c.pretrain.steps, pretrain_docs=c.pretrain.docs, seeds=seeds(cfg))
     if cfg.full:
         values.update(train_size=None, val_size=None, pretrain_docs=None, pretrain_steps=c.pretrain.full_steps)
     return values
 
 
-def train_budget(b: dict) -> list[str]:
-    """The src/train.py overrides every fine-tuning arm gets, identical across arms."""
+def seeds(cfg: DictConfig) -> list[int]:
+    """The seeds each fine-tuning arm runs with: compare.seeds, else compare.seed alone."""
+    chosen = list(dict.fromkeys(cfg.compare.get("seeds") or [cfg.compare.seed]))
+    if not all(isinstance(s, int) for s in chosen):
+        raise UserError(f"compare.seeds={chosen}: seeds are integers, e.g. compare.seeds=[2024,2025,2026].")
+    return chosen
+
+
+def train_budget(b: dict, seed: int) -> list[str]:
+    """The src/train.py overrides every fine-tuning arm gets, identical across arms (and across seeds but the seed)."""
     return [
         f"data.train_size={hydra_value(b['train_size'])}",
         f"data.val_size={hydra_value(b['val_size'])}",
@@ -98,7 +106,7 @@ def train_budget(b: dict) -> list[str]:
         f"++trainer.val_check_interval={b['val_check_interval']}",  # ++: set it whether or not the trainer config names it
         f"trainer.log_every_n_steps={b['log_every_n_steps']}",
         "trainer.devices=1",
-        f"seed={b['seed']}",
+        f"seed={seed}",
     ]
 
 
@@ -110,7 +118,6 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
         problem = "unknown " + ", ".join(unknown) if unknown else "empty"
         raise UserError(f"compare.arms=[{','.join(arms)}]: {problem}. Choose from {', '.join(ARMS)}.")
     b = budget(cfg)
-    common = [*train_budget(b), *cfg.compare.train_overrides]
     extra = cfg.compare.arm_overrides or {}
     pretraining = [
         Run(f"pretrain_{objective}", "pretrain", [f"objective={objective}", f"trainer.max_steps={b['pretrain_steps']}",
@@ -125,8 +132,11 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
         if arm.objective:
             weights = [f"model.net.checkpoint={hydra_value(out / f'pretrain_{arm.objective}' / 'export')}"]
             weights += [] if arm.pretrained else ["model.net.pretrained=false"]
-        finetuning.append(Run(name, "train", [f"model={arm.model}", *weights, *common, *extra.get(name, [])], arm.part,
-                              arm.description, {"objective": arm.objective, "pretrained": arm.pretrained}))
+        for seed in b["seeds"]:  # one seed: the run is the arm's name; more: <arm>_seed<seed>, read together by the report
+            common = [*train_budget(b, seed), *cfg.compare.train_overrides]
+            finetuning.append(Run(name if len(b["seeds"]) == 1 else f"{name}_seed{seed}", "train",
+                                  [f"model={arm.model}", *weights, *common, *extra.get(name, [])], arm.part, arm.description,
+                                  {"arm": name, "seed": seed, "objective": arm.objective, "pretrained": arm.pretrained}))
     # Pretraining after the practical arms: its exports are only needed by the controlled ones.
     return [r for r in finetuning if r.part == "practical"] + pretraining + [r for r in finetuning if r.part == "controlled"]
 

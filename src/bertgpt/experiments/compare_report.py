@@ -1,7 +1,8 @@
 """The report of a compare folder: tables, plots and a TensorBoard summary, from that folder's files only.
 
 Reads `compare.json` (what ran, the budget, the machine, each run's wall time) and, for each run, its
-`metrics.json` and TensorBoard events; writes `<report dir>/compare.md` with `compare_*.png` beside it, and
+`metrics.json`, TensorBoard events and `predictions.json` (each held-out review's label and prediction: the
+intervals and the paired-bootstrap verdicts of `experiments.stats`); writes `<report dir>/compare.md` with `compare_*.png` beside it, and
 `<compare dir>/summary/` (the tables as text and the figures, for `tensorboard --logdir`). Nothing is written
 under its final name until everything is made, so a failure never leaves half a report.
 """
@@ -17,8 +18,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from bertgpt import ROOT
 from bertgpt.errors import UserError
+from bertgpt.experiments.stats import (
+    RESAMPLES,
+    bootstrap_accuracy,
+    paired_bootstrap,
+    t_interval,
+)
 
 REPORT = "compare.md"
 PARTS = {
@@ -35,9 +44,17 @@ class RunFiles:
     info: dict
     metrics: dict
     series: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)  # tag -> (step, seconds, value)
+    predictions: dict | None = None  # predictions.json: "label" and "prediction" per held-out review, in order
 
     def points(self, tag: str) -> list[tuple[int, float, float]]:
         return self.series.get(tag, [])
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """1 where the run got a held-out review right, in the test split's order; None without predictions.json."""
+        if not self.predictions:
+            return None
+        return np.equal(self.predictions["label"], self.predictions["prediction"]).astype(float)
 
 
 def read_events(folder: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -80,7 +97,9 @@ def read_run(folder: Path, name: str, info: dict) -> RunFiles:
         raise UserError(f"{folder}: run {name} has no metrics.json (it did not finish). Its log: {folder / name / 'output.log'}")
     layers, width = saved_config(folder / name, "model.n_layer"), saved_config(folder / name, "model.n_embd")  # pretraining's size
     info = {**info, "weights": weights(folder, folder / name), "size": f"{layers} x {width}" if layers and width else ""}
-    return RunFiles(name, info, json.loads(metrics_file.read_text()), read_events(folder / name))
+    predictions = folder / name / "predictions.json"  # sentiment runs write it; older ones and pretraining do not
+    return RunFiles(name, info, json.loads(metrics_file.read_text()), read_events(folder / name),
+                    json.loads(predictions.read_text()) if predictions.is_file() else None)
 
 
 def read_compare(folder: Path) -> tuple[dict, list[RunFiles]]:
@@ -169,24 +188,95 @@ def table(runs: list[RunFiles], columns: dict) -> str:
     return "\n".join(lines)
 
 
-def contrasts(runs: list[RunFiles], held_out: int | None) -> list[str]:
-    """One line per pair of arms that both ran: the accuracy gap and the speed ratio, with the noise to read them by."""
+@dataclass
+class ArmRuns:
+    """An arm's fine-tuning runs, one per seed (compare.seeds), read together."""
+
+    name: str
+    runs: list[RunFiles]
+
+    def mean(self, key: str) -> float:
+        return sum(r.metrics[key] for r in self.runs) / len(self.runs)
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """(seeds, reviews) correctness, or None unless every seed left predictions.json for the same reviews."""
+        if any(r.correct is None for r in self.runs) or len({tuple(r.predictions["label"]) for r in self.runs}) > 1:
+            return None
+        return np.stack([r.correct for r in self.runs])
+
+
+def arms(runs: list[RunFiles]) -> dict[str, ArmRuns]:
+    """The fine-tuning runs grouped by arm, in their order (a run without an arm, from an older compare, is its own)."""
+    grouped: dict[str, ArmRuns] = {}
+    for run in runs:
+        name = run.info.get("arm") or run.name
+        grouped.setdefault(name, ArmRuns(name, [])).runs.append(run)
+    return grouped
+
+
+def interval_table(by_arm: dict[str, ArmRuns]) -> str:
+    """Each arm's held-out accuracy (the mean over its seeds) with its 95% bootstrap interval over the held-out
+    reviews and the seeds, and with several seeds the t interval over the seeds alone."""
+    header = ["arm", "model", "seeds", "held-out reviews", "held-out acc", "95% from", "95% to", "over seeds alone (t)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in by_arm.values():
+        correct = arm.correct
+        if correct is None:
+            continue
+        acc = bootstrap_accuracy(correct)
+        seeds = "n/a (one seed)"
+        if len(correct) > 1:
+            spread = t_interval(correct.mean(1))  # each seed's accuracy
+            seeds = f"{percent(spread.low)} to {percent(spread.high)}"
+        lines.append("| " + " | ".join([f"`{arm.name}`", arm.runs[0].info.get("description", ""), str(len(correct)), count(correct.shape[1]),
+                                         percent(acc.mean), percent(acc.low), percent(acc.high), seeds]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def verdict(a: ArmRuns, b: ArmRuns) -> str | None:
+    """The paired bootstrap of a - b over the held-out reviews both were tested on (and their seeds), as a clause;
+    None when a run of either lacks predictions.json."""
+    ca, cb = a.correct, b.correct
+    if ca is None or cb is None:
+        return None
+    if a.runs[0].predictions["label"] != b.runs[0].predictions["label"]:
+        return "not on the same held-out reviews, so no paired interval"
+    diff = paired_bootstrap(ca, cb)
+    found = {"A better": f"`{a.name}` better", "B better": f"`{b.name}` better"}.get(diff.verdict, diff.verdict)
+    over = f"{ca.shape[1]:,} reviews" + (f" and {len(ca)} x {len(cb)} seeds" if len(ca) > 1 or len(cb) > 1 else "")
+    return f"paired bootstrap over {over}: 95% interval [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] points, **{found}**"
+
+
+def contrasts(by_arm: dict[str, ArmRuns], held_out: int | None) -> list[str]:
+    """One line per pair of arms that both ran: the accuracy gap (of the seeds' means) with its paired-bootstrap
+    verdict, and the speed ratio. Arms without per-review predictions get the rule-of-thumb noise instead."""
     keys = ("test/acc", "train/samples_per_sec")
-    by_name = {r.name: r.metrics for r in runs if all(k in r.metrics for k in keys)}
-    lines = []
+    ready = {name: arm for name, arm in by_arm.items() if all(k in r.metrics for r in arm.runs for k in keys)}
+    lines, unpaired, paired_any = [], False, False
     for a, b, what in CONTRASTS:
-        if a in by_name and b in by_name:
-            ma, mb = by_name[a], by_name[b]
-            gap = 100 * (ma["test/acc"] - mb["test/acc"])
-            speed = ma["train/samples_per_sec"] / mb["train/samples_per_sec"]
-            lines.append(f"- {what}: `{a}` {percent(ma['test/acc'])} vs `{b}` {percent(mb['test/acc'])} held-out "
-                         f"({gap:+.2f} points), {speed:.2f}x the training samples/s.")
-    if lines and held_out:
-        p = sum(m["test/acc"] for m in by_name.values()) / len(by_name)
+        if a in ready and b in ready:
+            acc_a, acc_b = ready[a].mean("test/acc"), ready[b].mean("test/acc")
+            speed = ready[a].mean("train/samples_per_sec") / ready[b].mean("train/samples_per_sec")
+            paired = verdict(ready[a], ready[b])
+            unpaired, paired_any = unpaired or paired is None, paired_any or paired is not None
+            lines.append(f"- {what}: `{a}` {percent(acc_a)} vs `{b}` {percent(acc_b)} held-out "
+                         f"({100 * (acc_a - acc_b):+.2f} points{f'; {paired}' if paired else ''}), {speed:.2f}x the training samples/s.")
+    if paired_any:
+        lines.append(f"- {PAIRED_NOTE}")
+    if unpaired and held_out:
+        p = sum(arm.mean("test/acc") for arm in ready.values()) / len(ready)
         error = 100 * math.sqrt(p * (1 - p) / held_out)
-        lines.append(f"- One seed each: at {percent(p)} on {held_out:,} held-out reviews an accuracy has a standard error of {error:.1f} "
-                     f"points, a gap between two of {math.sqrt(2) * error:.1f}; smaller gaps are noise.")
+        lines.append(f"- Without per-review predictions: at {percent(p)} on {held_out:,} held-out reviews an accuracy has a standard error "
+                     f"of {error:.1f} points, a gap between two of {math.sqrt(2) * error:.1f}; smaller gaps are noise.")
     return lines
+
+
+PAIRED_NOTE = (
+    f"Each interval is a 95% percentile interval of {RESAMPLES:,} bootstrap draws (seeded: the same files give the same numbers). "
+    "A verdict names a side only when its interval excludes 0; the reviews are drawn jointly for both arms (paired), "
+    "which is why a gap can be decided that is smaller than either accuracy's own interval."
+)
 
 
 # -- figures -----------------------------------------------------------------------------------------------------
@@ -260,7 +350,11 @@ def budget_text(b: dict) -> str:
     sizes = lambda n, what: f"{n:,} {what}" if n is not None else f"all {what}"  # noqa: E731
     return (f"Every fine-tuning arm: {sizes(b['train_size'], 'training reviews')}, {sizes(b['val_size'], 'held-out reviews')}, "
             f"batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s), max_length {b['max_length']}, "
-            f"seed {b['seed']}, validated every {b['val_check_interval']:g} epoch.")
+            f"{seed_text(b.get('seeds') or [b['seed']])}, validated every {b['val_check_interval']:g} epoch.")
+
+
+def seed_text(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
 
 
 NOTES = (
@@ -289,7 +383,14 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
             lines += ["", "### Fine-tuning", ""]
         lines += [table(members, FINETUNE_COLUMNS), ""]
         lines += [f"![{images[name]}]({name})" for name in images if name.startswith(f"compare_{part}_")]
-    summary = contrasts([r for r in runs if r.info["part"] != "pretraining"], manifest["budget"]["val_size"])
+    by_arm = arms([r for r in runs if r.info["part"] != "pretraining"])
+    intervals = interval_table(by_arm)
+    if intervals:
+        lines += ["", "## Held-out accuracy with 95% intervals", "",
+                  "Bootstrap over the held-out reviews (each run's `predictions.json`) and, for an arm run with several seeds, "
+                  "over its seeds: how far another draw of as many reviews (and seeds) could move the figure. With one seed, "
+                  "the seed's own noise is not in it.", "", intervals]
+    summary = contrasts(by_arm, manifest["budget"]["val_size"])
     if summary:
         lines += ["", "## In short", "", *summary]
     lines += ["", "## Runs", "", "Each run's folder holds its config (`.hydra/`), `output.log`, `metrics.json` and TensorBoard events.", ""]

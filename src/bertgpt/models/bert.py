@@ -44,9 +44,14 @@ class BertConfig:
     pad_token_id: int | None = 0  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
     attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
+    # Not BERT's, but switches that isolate what the mask does (issue 12): the same weights under a decoder's
+    # causal mask, and the sequence head read from another token than [CLS]. The defaults are BERT's.
+    causal: bool = False  # True: each token attends to itself and the tokens before it only
+    pooling: str = "cls"  # the sequence head's input: cls (the first token), mean (of the real tokens), last (the last real one)
 
     def __post_init__(self):
         check_choice(self.attention)
+        check_pooling(self.pooling)
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}.")
         if self.activation not in ("gelu", "gelu_tanh"):
@@ -68,6 +73,31 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.ones_(module.weight)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
+
+
+POOLINGS = ("cls", "mean", "last")
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise UserError(f"pooling={pooling}: choose cls (the first token), mean (of the real tokens) or last (the last real token).")
+    return pooling
+
+
+def pool(x: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, T, C) -> (B, C): the first real token, the mean of the real tokens, or the last real token, whichever
+    side the padding is on (gpt.py pools with it too)."""
+    if attention_mask is None:
+        return {"cls": x[:, 0], "mean": x.mean(1), "last": x[:, -1]}[pooling]
+    if pooling == "mean":
+        m = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)
+    B, T = attention_mask.shape
+    positions = torch.arange(T, device=x.device)
+    real = attention_mask.bool()
+    # argmax returns the first maximum: the first real position, or (counting from the end) the last one.
+    chosen = (real * (T - positions)).argmax(-1) if pooling == "cls" else (real * positions).argmax(-1)  # (B,)
+    return x[torch.arange(B, device=x.device), chosen]
 
 
 class Embeddings(nn.Module):
@@ -141,10 +171,14 @@ class Encoder(nn.Module):
         self.apply(partial(init_weights, std=config.init_std))
 
     def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None):
-        """The last layer's output, (B, T, C): HF `BertModel(...).last_hidden_state`."""
+        """The last layer's output, (B, T, C): HF `BertModel(...).last_hidden_state` (with causal=False)."""
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):  # no padding: SDPA's unmasked path
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): every query sees every real key
+        if self.config.causal:  # and only the keys up to itself. Right padding: a real token never sees a pad
+            T = input_ids.size(1)
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # (T, T)
+            mask = causal if mask is None else mask & causal  # (B, 1, T, T) or (T, T)
         x = self.embeddings(input_ids, token_type_ids)
         for layer in self.encoder:
             x = layer(x, mask)
@@ -157,7 +191,8 @@ def classifier_dropout(config: BertConfig) -> float:
 
 
 class BertForSequenceClassification(Encoder):
-    """One label per sequence, from the pooled [CLS] token: pooler -> dropout -> classifier."""
+    """One label per sequence, from the pooled [CLS] token: pooler -> dropout -> classifier. `pooling` feeds
+    the pooler the mean or the last real token instead (under a causal mask, the only one that read everything)."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -168,9 +203,10 @@ class BertForSequenceClassification(Encoder):
             init_weights(head, config.init_std)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Class logits, (B, num_labels), from the pooled [CLS] token."""
+        """Class logits, (B, num_labels), from the pooled [CLS] token (or the `pooling` one)."""
         x = self.hidden_states(input_ids, attention_mask, token_type_ids)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, C)
+        read = x[:, 0] if self.config.pooling == "cls" else pool(x, attention_mask, self.config.pooling)  # (B, C); BERT pads right
+        pooled = torch.tanh(self.pooler(read))  # (B, C)
         return self.classifier(self.dropout(pooled))
 
 

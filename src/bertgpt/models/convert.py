@@ -29,7 +29,7 @@ from transformers.utils import (
 )
 
 from bertgpt.errors import UserError
-from bertgpt.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, Encoder
+from bertgpt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, Encoder
 from bertgpt.models.gpt import GPT, GPTConfig, GPTForSequenceClassification, GPTForTokenClassification
 from bertgpt.models.hub import OFFLINE_HINT, from_pretrained, resolve_checkpoint
 from bertgpt.models.library import choose_head, load_tokenizer
@@ -346,11 +346,24 @@ def from_hf(model_cls: type[nn.Module], hf_config: PretrainedConfig, state_dict:
     return model
 
 
+# Our switches the library's classes lack, with the value at which ours compute what theirs do.
+NOT_IN_HF = {
+    BertForSequenceClassification: {"causal": False, "pooling": "cls"},
+    BertForTokenClassification: {"causal": False},
+    BertForMaskedLM: {"causal": False},
+    GPTForSequenceClassification: {"pooling": "last"},
+}
+
+
 def to_hf(model: nn.Module, **config_extra) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
     """Our model as Hugging Face would save it (the inverse of `from_hf`): its config (`config_extra`, such as
     `architectures`, on top) and its weights under the names of the matching `transformers` class: the body
     under `bert.` / `transformer.` / `model.` (GPT-2's projections transposed back to Conv1D), the heads at
     the top. A tied LM head is the word embeddings themselves, which HF ties again on load."""
+    changed = [f"{k}={getattr(model.config, k)}" for k, default in NOT_IN_HF.get(type(model), {}).items() if getattr(model.config, k) != default]
+    if changed:  # the library's class would load the weights and compute something else
+        raise UserError(f"{type(model).__name__} with {', '.join(changed)} has no Hugging Face counterpart: export it with the defaults "
+                        f"({', '.join(f'{k}={v}' for k, v in NOT_IN_HF[type(model)].items())}).")
     if isinstance(model, Encoder):
         hf = unmap(model.state_dict(), bert_hf_names(model.config))
         body, heads = "bert.", BERT_HEADS
@@ -372,14 +385,15 @@ def to_hf(model: nn.Module, **config_extra) -> tuple[PretrainedConfig, dict[str,
 
 def build_bert(checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True, **options):
     """Our BERT on `checkpoint` with a fresh `num_labels` head: `head="sequence"` (one label per text) or
-    `"token"` (one per token). `options` are `BertConfig` fields: attn_dropout, attention, n_layer, ..."""
+    `"token"` (one per token). `options` are `BertConfig` fields: attn_dropout, attention, n_layer, ..., and the
+    switches of the attention-direction experiment, causal (a decoder's mask) and pooling (cls, mean, last)."""
     heads = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
     return build_pretrained(choose_head(heads, head), checkpoint, num_labels, pretrained, **options)
 
 
 def build_gpt(checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True, **options):
     """Our GPT (GPT-2 or Llama layout, from the checkpoint) with a fresh `num_labels` head: `head="sequence"`
-    (one label per text) or `"token"` (one per token). `options` are `GPTConfig` fields."""
+    (one label per text) or `"token"` (one per token). `options` are `GPTConfig` fields, pooling (last, mean, cls) among them."""
     heads = {"sequence": GPTForSequenceClassification, "token": GPTForTokenClassification}
     return build_pretrained(choose_head(heads, head), checkpoint, num_labels, pretrained, **options)
 

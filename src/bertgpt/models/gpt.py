@@ -36,7 +36,7 @@ from torch import nn
 
 from bertgpt.errors import UserError
 from bertgpt.models.attention import check_choice, scaled_dot_product_attention
-from bertgpt.models.bert import init_weights
+from bertgpt.models.bert import check_pooling, init_weights, pool
 
 
 @dataclass
@@ -63,9 +63,11 @@ class GPTConfig:
     pad_token_id: int | None = None  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
     attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
+    pooling: str = "last"  # the sequence head's input: last (real token, HF's), mean (of the real tokens), cls (first real token)
 
     def __post_init__(self):
         check_choice(self.attention)
+        check_pooling(self.pooling)
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.n_inner = self.n_inner or 4 * self.n_embd
@@ -245,7 +247,8 @@ class GPT(nn.Module):
 
 class GPTForSequenceClassification(GPT):
     """One label per sequence, from the last real token: HF `GPT2ForSequenceClassification` /
-    `LlamaForSequenceClassification`. In a decoder only the last token has read the whole text."""
+    `LlamaForSequenceClassification`. In a decoder only the last token has read the whole text; `pooling`
+    reads the mean of the real tokens, or the first one (which has read only itself), instead."""
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
@@ -256,11 +259,7 @@ class GPTForSequenceClassification(GPT):
         """Class logits, (B, num_labels), from the last real token: the last 1 in each attention_mask row,
         which is the final position under left padding and the last word under right padding."""
         x = self.hidden_states(input_ids, attention_mask)
-        if attention_mask is None:
-            return self.score(x[:, -1])
-        B, T = input_ids.size()
-        last = (torch.arange(T, device=x.device) * attention_mask).argmax(-1)  # (B,)
-        return self.score(x[torch.arange(B, device=x.device), last])  # (B, num_labels)
+        return self.score(pool(x, attention_mask, self.config.pooling))  # (B, num_labels)
 
 
 class GPTForTokenClassification(GPT):

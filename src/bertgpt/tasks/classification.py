@@ -8,6 +8,7 @@ best validation accuracy across a resume. A task subclasses it with its `head` (
 
 from __future__ import annotations
 
+import logging
 import math
 
 import hydra
@@ -27,6 +28,8 @@ from bertgpt.errors import UserError
 from bertgpt.models.lora import add_lora
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 from bertgpt.training.strategies import shard_blocks
+
+log = logging.getLogger(__name__)
 
 
 class Classifier(L.LightningModule):
@@ -177,6 +180,31 @@ class SequenceClassifier(Classifier):
     def metrics(self, prefix: str) -> MetricCollection:
         n = len(self.hparams.labels)
         return MetricCollection({"acc": MulticlassAccuracy(n, average="micro"), "f1": binary_or_macro_f1(n)}, prefix=prefix)
+
+    # Each test review's label and prediction, in the test split's order: what a paired comparison of two runs
+    # needs (the same reviews, right or wrong in each), written by the pipeline as predictions.json.
+    test_predictions: dict | None = None
+
+    def on_test_epoch_start(self) -> None:
+        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_predictions = None
+
+    def test_step(self, batch, batch_idx):
+        preds, targets = self.evaluation_step(batch, "test")
+        self._test_batches.append((preds.cpu(), targets.cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.world_size > 1 or not self._test_batches:  # each rank saw a share: no single ordered list
+            return
+        # The loader visits the reviews in its sampler's order (sorted by length, to pad least): put them back.
+        order = torch.tensor(list(self.trainer.test_dataloaders.sampler))
+        preds, targets = (torch.cat(column) for column in zip(*self._test_batches))
+        if len(order) != len(preds):  # trainer.limit_test_batches, fast_dev_run: not the whole held-out set
+            log.warning("The test saw %d of the %d test reviews: no predictions.json.", len(preds), len(order))
+            return
+        rows = torch.empty_like(order)
+        rows[order] = torch.arange(len(order))
+        self.test_predictions = {"labels": self.hparams.labels, "label": targets[rows].tolist(), "prediction": preds[rows].tolist()}
 
     @torch.no_grad()
     def predict_texts(self, batch: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
