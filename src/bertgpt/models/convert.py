@@ -29,7 +29,13 @@ from transformers.utils import (
 )
 
 from bertgpt.errors import UserError
-from bertgpt.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, Encoder
+from bertgpt.models.bert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    Encoder,
+)
 from bertgpt.models.gpt import GPT, GPTConfig, GPTForSequenceClassification, GPTForTokenClassification
 from bertgpt.models.hub import OFFLINE_HINT, from_pretrained, resolve_checkpoint
 from bertgpt.models.library import choose_head, load_tokenizer
