@@ -6,20 +6,7 @@
     python src/attention_maps.py models=[logs/train/runs/<run>/checkpoints/last.ckpt]   # a fine-tuned model
 """
 
-import sys
-
-import hydra
-
-from bertgpt.experiments.attention_maps import main as attention_maps
-from bertgpt.pipeline import cli, verbatim_text_argument
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="attention_maps.yaml")
-@cli
-def main(cfg):
-    attention_maps(cfg)
-
+from bertgpt.entries import attention_maps
 
 if __name__ == "__main__":
-    sys.argv = verbatim_text_argument(sys.argv)
-    main()
+    attention_maps()

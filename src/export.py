@@ -4,17 +4,7 @@
     python src/export.py ckpt_path=... out=exports/imdb-bert overwrite=true   # replace an existing export
 """
 
-import hydra
-
-from bertgpt.export import export
-from bertgpt.pipeline import cli
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export.yaml")
-@cli
-def main(cfg):
-    export(cfg)
-
+from bertgpt.entries import export
 
 if __name__ == "__main__":
-    main()
+    export()

@@ -14,7 +14,7 @@ from bertgpt import ROOT
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-COMMANDS = ["train", "eval", "predict", "pretrain", "compare"]
+COMMANDS = ["train", "eval", "predict", "pretrain", "compare", "export", "attention-maps"]
 
 
 def console_script(name: str, folder) -> str:
@@ -40,19 +40,19 @@ def test_every_command_has_a_console_script_to_its_function():
     for name, target in SCRIPTS.items():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), name
-        assert f"from bertgpt.entries import {function}\n" in (ROOT / "src" / f"{name[8:]}.py").read_text()
+        assert f"from bertgpt.entries import {function}\n" in (ROOT / "src" / f"{name[8:].replace('-', '_')}.py").read_text()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_console_script_composes_the_same_config_as_the_src_script(command, tmp_path):
-    args = ["--cfg", "job", "text=Good, not great: 7/10", "task_name=probe"] if command == "predict" else ["--cfg", "job", "task_name=probe"]
+    args = ["--cfg", "job", "text=Good, not great: 7/10", "task_name=probe"] if command in ("predict", "attention-maps") else ["--cfg", "job", "task_name=probe"]
     console = run_console(command, *args, cwd=tmp_path)
-    script = run_script(command, *args)
+    script = run_script(command.replace("-", "_"), *args)
     assert console.returncode == script.returncode == 0, console.stderr[-2000:] + script.stderr[-2000:]
     assert console.stdout == script.stdout
     printed = OmegaConf.create(console.stdout)
     assert printed.task_name == "probe"
-    if command == "predict":  # passed verbatim: Hydra's grammar would otherwise split it at the comma
+    if command in ("predict", "attention-maps"):  # passed verbatim: Hydra's grammar would otherwise split it at the comma
         assert printed.text == "Good, not great: 7/10"
 
 

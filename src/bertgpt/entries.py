@@ -2,21 +2,20 @@
 both run these, so the two behave the same: one config folder, one error policy (`cli`), one argument handling.
 
     bertgpt-train model=bert trainer.devices=1        # = python src/train.py model=bert trainer.devices=1
-    bertgpt-eval ckpt_path=...   bertgpt-predict ckpt_path=... text="..."   bertgpt-pretrain   bertgpt-compare
+    bertgpt-eval ckpt_path=...   bertgpt-predict ckpt_path=... text="..."   bertgpt-export ckpt_path=... out=DIR
+    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps
 
-The configs come from the checkout's conf/ by absolute path: the scripts work from any folder.
+The configs come from the checkout's conf/ by absolute path: the scripts work from any folder. Each command
+imports what it runs only when it runs, so one command does not pay for the imports of another.
 """
 
 import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 
-from bertgpt import ROOT, pipeline
+from bertgpt import ROOT
 from bertgpt.cli import cli, verbatim_text_argument
-from bertgpt.experiments import compare as comparison
-from bertgpt.experiments import pretrain as pretraining
 
 CONF = str(ROOT / "conf")
 
@@ -24,18 +23,24 @@ CONF = str(ROOT / "conf")
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train.yaml")
 @cli
 def train(cfg):
+    from bertgpt import pipeline
+
     return pipeline.train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval.yaml")
 @cli
 def evaluate(cfg):
+    from bertgpt import pipeline
+
     pipeline.evaluate(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="predict.yaml")
 @cli
 def _predict(cfg):
+    from bertgpt import pipeline
+
     pipeline.predict(cfg)
 
 
@@ -44,17 +49,46 @@ def predict():
     _predict()
 
 
+@hydra.main(version_base="1.3", config_path=CONF, config_name="export.yaml")
+@cli
+def export(cfg):
+    from bertgpt.export import export as write_export
+
+    write_export(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=CONF, config_name="pretrain.yaml")
 @cli
 def _pretrain(cfg):
+    from bertgpt.experiments import pretrain as pretraining
+
     return pretraining.pretrain(cfg)
 
 
 def pretrain():
-    pretraining.check_objective_argument(sys.argv[1:], ROOT / "conf" / "objective")
+    from bertgpt.experiments.pretrain import check_objective_argument
+
+    check_objective_argument(sys.argv[1:], ROOT / "conf" / "objective")
     _pretrain()
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="compare.yaml")
 def compare(cfg):
+    from hydra.core.hydra_config import HydraConfig
+
+    from bertgpt.experiments import compare as comparison
+
     comparison.main(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="attention_maps.yaml")
+@cli
+def _attention_maps(cfg):
+    from bertgpt.experiments.attention_maps import main as draw
+
+    draw(cfg)
+
+
+def attention_maps():
+    sys.argv = verbatim_text_argument(sys.argv)
+    _attention_maps()
