@@ -25,6 +25,7 @@ from sklearn.model_selection import train_test_split
 
 from bertgpt.data import tokenize
 from bertgpt.data.base import TokenDataModule
+from bertgpt.data.read import read_lines, read_text
 from bertgpt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,27 +54,6 @@ def parse_label(value, where: str) -> int:
     if key not in LABELS:
         raise UserError(f"{where}: unknown label {value!r}. Labels must be one of 0/1, negative/positive, neg/pos.")
     return LABELS[key]
-
-
-def read_text(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file. Check data.path.")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise UserError(f"{path}, line {line}: bytes that are not UTF-8 ({err.reason}). Re-encode the file as UTF-8.") from None
-
-
-def read_lines(path: Path) -> list[str]:
-    """Lines of a one-item-per-line file; a trailing newline ends the last line, it does not add an empty one."""
-    lines = read_text(path).splitlines()
-    if not lines:
-        raise UserError(f"{path}: the file is empty.")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise UserError(f"{path}, line {number}: blank line. Remove it: every line must hold one item.")
-    return lines
 
 
 def read_pair(folder: Path, reviews: str = "reviews.txt", labels: str = "labels.txt") -> Corpus:
