@@ -27,7 +27,12 @@ def hydra_main() -> None:
     from bertgpt.cli import cli
     from bertgpt.inference import predict
 
-    hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")(cli(predict))()
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
+    @cli
+    def run(cfg):
+        predict(cfg)
+
+    run()
 
 
 if __name__ == "__main__":

@@ -81,3 +81,9 @@ def test_a_bad_override_exits_2_with_one_line(checkpoint, tmp_path, override, me
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hydra_flag_runs_the_full_hydra_main():
+    result = run_script("predict", "--cfg", "job", "ckpt_path=x.ckpt", "text=a, b: c")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "text: 'a, b: c'" in result.stdout and "max_length: null" in result.stdout
