@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from bertgpt.data.collate import PadCollator
+from bertgpt.data.collate import IGNORE, PadCollator  # noqa: F401  (IGNORE: where the tests import it)
 from bertgpt.errors import UserError
 from bertgpt.models.hub import default_cache_dir
 from bertgpt.models.library import load_tokenizer
