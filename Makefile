@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora pretrain compare test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench: $(STAMP)  ## tokenization, attention, training throughput and utilisation
 	$(PY) bench/bench_attention.py
 	$(PY) bench/bench_train.py $(ARGS)
 	$(PY) bench/bench_models.py
+
+bench-predict: $(STAMP)  ## one-sentence predict start-up; predict / eval.py vs transformers.pipeline throughput on 1,000 reviews
+	$(PY) bench/bench_predict.py $(ARGS)
 
 bench-pos: $(STAMP)  ## POS tagging on Brown: BERT for a whole epoch, BERT vs the decoder under one budget, the majority floor
 	$(PY) bench/bench_pos.py $(ARGS)

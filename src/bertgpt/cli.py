@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from bertgpt import ROOT
 from bertgpt.errors import UserError
 from bertgpt.host import best_precision, keep_freed_memory
 
@@ -80,12 +80,29 @@ def cli(task: Callable[[DictConfig], object]):
     return wrapper
 
 
-@rank_zero_only
 def discard_run_dir(output_dir: str) -> None:
     """A run that failed on its input leaves nothing behind in logs/ (only its config and log would be there)."""
+    # Imported here: predict imports this module, and must not pay for Lightning.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
     path = Path(output_dir)
     if path.is_dir() and not any(path.rglob("*.ckpt")):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """`conf/<config_name>.yaml` with `key=value` overrides, as `hydra.main` composes it, without its run folder,
+    log file and logging set-up: for a command that writes nothing (predict). A bad override is a user error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3", job_name=config_name):
+            return compose(config_name, overrides)
+    except HydraException as err:  # an unknown key, a missing group option, a grammar error: Hydra's own words
+        raise UserError(" ".join(str(err).split())) from err
 
 
 def hydra_quote(text: str) -> str:

@@ -38,15 +38,25 @@ def evaluate(cfg):
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="predict.yaml")
 @cli
-def _predict(cfg):
-    from bertgpt import pipeline
+def _predict_with_hydra(cfg):
+    from bertgpt.inference import predict as print_predictions
 
-    pipeline.predict(cfg)
+    print_predictions(cfg)
 
 
 def predict():
+    """Start-up is most of a one-sentence predict, so it runs without Lightning or the training pipeline
+    (bertgpt.inference) and composes conf/predict.yaml with Hydra's compose API: the same `key=value` overrides,
+    without a run folder or log file. A Hydra flag (--help, --cfg job, ...) runs the full `hydra.main`."""
     sys.argv = verbatim_text_argument(sys.argv)  # before Hydra parses it: a review holds commas, quotes, colons
-    _predict()
+    if any(arg.startswith("-") for arg in sys.argv[1:]):
+        return _predict_with_hydra()
+    from bertgpt.cli import compose, exit_on_user_error
+    from bertgpt.host import keep_freed_memory
+    from bertgpt.inference import predict as print_predictions
+
+    keep_freed_memory()
+    exit_on_user_error(lambda: print_predictions(compose("predict", sys.argv[1:])))
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="export.yaml")

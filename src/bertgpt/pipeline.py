@@ -1,4 +1,4 @@
-"""What the entry scripts do, for every task: build from config, train, test, evaluate, predict.
+"""What the entry scripts do, for every task: build from config, train, test, evaluate (predict: bertgpt.inference).
 
 A task is a LightningModule (tasks/) and a datamodule (data/), picked by `conf/task/<name>.yaml`. The
 datamodule is built first: it knows the labels (two sentiments, or the tagset), and the module is built with
@@ -21,16 +21,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt.cli import cli, user_error, verbatim_text_argument  # noqa: F401  (the entry scripts' imports)
-from bertgpt.errors import TrainingDiverged, UserError
+from bertgpt.errors import TrainingDiverged
 from bertgpt.files import write_text
+from bertgpt.inference import predict, project_name, read_checkpoint  # noqa: F401  (predict: the entry imports it)
 from bertgpt.training.callbacks import exit_on_signal
-from bertgpt.training.checkpoints import (
-    ensure_writable,
-    is_sharded_checkpoint,
-    load_checkpoint_safely,
-    newest_checkpoint,
-    resume_checkpoint,
-)
+from bertgpt.training.checkpoints import ensure_writable, newest_checkpoint, resume_checkpoint
 from bertgpt.training.optim import count_parameters
 
 log = logging.getLogger(__name__)
@@ -132,27 +127,11 @@ def train(cfg: DictConfig) -> float | None:
 
 def load_checkpoint(path: str | None):
     """The model and its datamodule (built from the settings saved beside it) of a checkpoint written by `train`."""
-    if not path:
-        raise UserError("ckpt_path is not set. Pass ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
-    file = Path(path).expanduser()
-    if is_sharded_checkpoint(file):
-        raise UserError(f"ckpt_path={path}: a folder of shards (save_distributed_checkpoint=true), which only a sharded training run reads. Evaluate a single-file checkpoint: train with trainer.strategy.save_distributed_checkpoint=false.")
-    if not file.is_file():
-        raise UserError(f"ckpt_path={path}: no such file. Checkpoints are under logs/train/runs/<run>/checkpoints/.")
-    blob = load_checkpoint_safely(file, f"ckpt_path={path}")
-    if not isinstance(blob, dict) or "state_dict" not in blob or "datamodule_hyper_parameters" not in blob or "task" not in blob:
-        raise UserError(f"ckpt_path={path}: not a checkpoint written by src/train.py (no model state, task or data settings).")
-    module_class, datamodule_class = (task_class(blob["task"][k], path) for k in ("module", "datamodule"))
+    blob = read_checkpoint(path)
+    module_class, datamodule_class = (hydra.utils.get_class(project_name(blob["task"][k], path)) for k in ("module", "datamodule"))
     model = module_class(**blob["hyper_parameters"])
     model.load_state_dict(blob["state_dict"])
     return model.eval(), datamodule_class, dict(blob["datamodule_hyper_parameters"])
-
-
-def task_class(name: str, path: str):
-    """A class a checkpoint names, from this package only: a checkpoint must not pick code to run."""
-    if not (isinstance(name, str) and name.startswith("bertgpt.")):
-        raise UserError(f"ckpt_path={path}: names the class {name!r}, which is not one of this project's tasks.")
-    return hydra.utils.get_class(name)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -189,21 +168,3 @@ def eval_data(given: dict, data_hparams: dict, datamodule_class) -> dict:
 
 def same_file(path: str | Path, other: str | Path | None) -> bool:
     return other is not None and os.path.realpath(Path(path).expanduser()) == os.path.realpath(Path(other).expanduser())
-
-
-@torch.no_grad()
-def predict(cfg: DictConfig) -> list[str]:
-    """One line per `text=...` or per line of `file=...`: a review's label and probability, or a sentence's word/TAG pairs."""
-    texts = [cfg.text] if cfg.get("text") is not None else []
-    if cfg.get("file"):
-        from bertgpt.data.reviews import read_lines
-
-        texts += read_lines(Path(cfg.file).expanduser())
-    texts = [str(t) for t in texts if str(t).strip()]
-    if not texts:
-        raise UserError('nothing to predict: pass text="a review" or file=path/to/lines.txt (one review or sentence per line, not empty).')
-    model, datamodule_class, data_hparams = load_checkpoint(cfg.ckpt_path)
-    lines = model.predict_lines(texts, datamodule_class(**data_hparams), cfg.batch_size)
-    for line in lines:
-        print(line)
-    return lines

@@ -23,8 +23,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from bertgpt.data import tokenize
 from bertgpt.errors import UserError
+from bertgpt.inference import net_logits
 from bertgpt.models.lora import add_lora
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 from bertgpt.training.strategies import shard_blocks
@@ -38,8 +38,9 @@ class Classifier(L.LightningModule):
     `net(input_ids=..., attention_mask=...)` returns logits, or an object with `.logits` (every Hugging Face
     `*For*Classification` does): (B, num_labels) for the sequence head, (B, T, num_labels) for the token head.
     Keeping the net's config, not the net, in the hyperparameters lets a checkpoint rebuild it alone; the label
-    names travel with it, so eval and predict need nothing else. `lora` (`r`, `alpha`, `dropout`,
-    `target_modules`: `bertgpt.models.lora.add_lora`) with `r` set trains LoRA adapters and the head only.
+    names travel with it, so eval and predict need nothing else (predict rebuilds the net alone: bertgpt.inference).
+    `lora` (`r`, `alpha`, `dropout`, `target_modules`: `bertgpt.models.lora.add_lora`) with `r` set trains LoRA
+    adapters and the head only.
     """
 
     head: str  # set by each task
@@ -80,8 +81,7 @@ class Classifier(L.LightningModule):
         raise NotImplementedError
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.net(input_ids=input_ids, attention_mask=attention_mask)
-        return out if isinstance(out, torch.Tensor) else out.logits
+        return net_logits(self.net, input_ids, attention_mask)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss, the predictions and the targets, flattened to the positions that have a label."""
@@ -205,22 +205,6 @@ class SequenceClassifier(Classifier):
         rows = torch.empty_like(order)
         rows[order] = torch.arange(len(order))
         self.test_predictions = {"labels": self.hparams.labels, "label": targets[rows].tolist(), "prediction": preds[rows].tolist()}
-
-    @torch.no_grad()
-    def predict_texts(self, batch: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
-        """The label and its probability for each text of a collated batch."""
-        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
-        best = probs.max(-1)
-        return [(self.hparams.labels[i], p) for i, p in zip(best.indices.tolist(), best.values.tolist())]
-
-    def predict_lines(self, texts: list[str], datamodule, batch_size: int) -> list[str]:
-        """`label<TAB>probability<TAB>text` for each text, tokenized as the datamodule tokenized training."""
-        hp = datamodule.hparams
-        ids = tokenize.encode(datamodule.tokenizer, texts, hp.max_length, hp.truncation)
-        collate, rows = datamodule.collator(), []
-        for start in range(0, len(ids), batch_size):
-            rows += self.predict_texts(collate([(torch.tensor(x), 0) for x in ids[start : start + batch_size]]))
-        return [f"{label}\t{p:.4f}\t{text}" for (label, p), text in zip(rows, texts)]
 
 
 def qualified_name(cls: type) -> str:

@@ -7,7 +7,6 @@ each word having seen only the words to its left: the one place where BERT and G
 
 from __future__ import annotations
 
-import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -59,34 +58,6 @@ class TokenClassifier(Classifier):
             from seqeval.metrics import f1_score
 
             self.log("test/entity_f1", f1_score(*self._entities), sync_dist=False)
-
-    @torch.no_grad()
-    def predict_tags(self, batch: dict[str, torch.Tensor], word_index: list[list[int]], words: list[list[str]],
-                     padding_side: str = "right") -> list[list[tuple[str, str]]]:
-        """(word, tag) pairs for each sentence of a collated batch. `word_index[s][t]` is the word whose first
-        subword is token t of sentence s (-1 elsewhere); a word cut off by max_length gets the tag "-"."""
-        tags = self(batch["input_ids"], batch["attention_mask"]).argmax(-1).tolist()  # (B, T)
-        rows = []
-        for sentence, positions, row in zip(words, word_index, tags):
-            offset = len(row) - len(positions) if padding_side == "left" else 0
-            chosen = {w: row[offset + t] for t, w in enumerate(positions) if w >= 0}
-            rows.append([(word, self.hparams.labels[chosen[i]] if i in chosen else "-") for i, word in enumerate(sentence)])
-        return rows
-
-    def predict_lines(self, texts: list[str], datamodule, batch_size: int) -> list[str]:
-        """`word/TAG word/TAG ...` for each text, split into words at white space."""
-        from bertgpt.data.tagging import encode_sentences
-
-        sentences = [text.split() for text in texts]
-        ids, _, word_index = encode_sentences(datamodule.tokenizer, sentences, None, datamodule.hparams.max_length,
-                                              datamodule.hparams.label_all_subwords)
-        collate, lines = datamodule.collator(), []
-        for start in range(0, len(ids), batch_size):
-            chunk = slice(start, start + batch_size)
-            batch = collate([(torch.tensor(x), torch.full((len(x),), -100)) for x in ids[chunk]])
-            rows = self.predict_tags(batch, word_index[chunk], sentences[chunk], datamodule.tokenizer.padding_side)
-            lines += [" ".join(f"{word}/{tag}" for word, tag in row) for row in rows]
-        return lines
 
 
 def per_tag_table(per_tag: dict[str, dict[str, float]]) -> str:

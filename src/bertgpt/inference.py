@@ -1,0 +1,182 @@
+"""Prediction from a checkpoint of `src/train.py` without Lightning: what `src/predict.py` runs.
+
+A one-sentence predict is mostly start-up, and importing Lightning (with the metrics, loggers and callbacks of
+training) was half of its 13 s on 2 cores. Here the checkpoint is read as plain tensors, the backbone `net`
+rebuilt from the Hydra config its task module saved and given the trained weights, and each task's lines are
+printed as its module printed them. The tasks (tasks/) read their logits with `net_logits` from here; nothing
+here imports them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from bertgpt.data import tokenize
+from bertgpt.data.collate import PadCollator
+from bertgpt.data.read import read_lines
+from bertgpt.errors import UserError
+from bertgpt.training.safe_load import is_sharded_checkpoint, load_checkpoint_safely
+
+
+def net_logits(net: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's logits: ours return them, every Hugging Face `*For*Classification` returns `.logits`."""
+    out = net(input_ids=input_ids, attention_mask=attention_mask)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def read_checkpoint(path: str | None) -> dict:
+    """What a checkpoint written by `train` holds (model state and hyperparameters, task, data settings), checked."""
+    if not path:
+        raise UserError("ckpt_path is not set. Pass ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
+    file = Path(path).expanduser()
+    if is_sharded_checkpoint(file):
+        raise UserError(f"ckpt_path={path}: a folder of shards (save_distributed_checkpoint=true), which only a sharded training run reads. Evaluate a single-file checkpoint: train with trainer.strategy.save_distributed_checkpoint=false.")
+    if not file.is_file():
+        raise UserError(f"ckpt_path={path}: no such file. Checkpoints are under logs/train/runs/<run>/checkpoints/.")
+    blob = load_checkpoint_safely(file, f"ckpt_path={path}")
+    if not isinstance(blob, dict) or "state_dict" not in blob or "datamodule_hyper_parameters" not in blob or "task" not in blob:
+        raise UserError(f"ckpt_path={path}: not a checkpoint written by src/train.py (no model state, task or data settings).")
+    return blob
+
+
+def project_name(name, path: str) -> str:
+    """A class or builder a checkpoint names, if it is this package's: a checkpoint must not pick code to run."""
+    if not (isinstance(name, str) and name.startswith("bertgpt.")):
+        raise UserError(f"ckpt_path={path}: names the class {name!r}, which is not one of this project's tasks.")
+    return name
+
+
+def build_net(config: dict, head: str, num_labels: int, path: str) -> torch.nn.Module:
+    """The backbone a task module builds from its `net` config (a flat Hydra `_target_` and its arguments, as
+    `hydra.utils.instantiate` calls it), with that head and label count."""
+    options = dict(config)
+    module, _, builder = project_name(options.pop("_target_", None), path).rpartition(".")
+    return getattr(importlib.import_module(module), builder)(**options, head=head, num_labels=num_labels)
+
+
+def collator(tokenizer, data: dict) -> PadCollator:
+    """Batches padded as the datamodule padded them in training and testing."""
+    return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, data["pad_to_multiple_of"])
+
+
+def sentiment_lines(net, labels: list[str], tokenizer, data: dict, texts: list[str], batch_size: int) -> list[str]:
+    """`label<TAB>probability<TAB>text` for each text, tokenized as the datamodule tokenized training."""
+    ids = tokenize.encode(tokenizer, texts, data["max_length"], data["truncation"])
+    collate, rows = collator(tokenizer, data), []
+    for start in range(0, len(ids), batch_size):
+        batch = collate([(torch.tensor(x), 0) for x in ids[start : start + batch_size]])
+        best = net_logits(net, batch["input_ids"], batch["attention_mask"]).float().softmax(-1).max(-1)
+        rows += [(labels[i], p) for i, p in zip(best.indices.tolist(), best.values.tolist())]
+    return [f"{label}\t{p:.4f}\t{text}" for (label, p), text in zip(rows, texts)]
+
+
+def tag_lines(net, labels: list[str], tokenizer, data: dict, texts: list[str], batch_size: int) -> list[str]:
+    """`word/TAG word/TAG ...` for each text, split into words at white space. A word is tagged at its first
+    subword; one cut off by max_length gets the tag "-"."""
+    from bertgpt.data.subwords import encode_sentences
+
+    sentences = [text.split() for text in texts]
+    ids, _, word_index = encode_sentences(tokenizer, sentences, None, data["max_length"], data["label_all_subwords"])
+    collate, lines = collator(tokenizer, data), []
+    for start in range(0, len(ids), batch_size):
+        chunk = slice(start, start + batch_size)
+        batch = collate([(torch.tensor(x), 0) for x in ids[chunk]])
+        tags = net_logits(net, batch["input_ids"], batch["attention_mask"]).argmax(-1).tolist()  # (B, T)
+        for sentence, positions, row in zip(sentences[chunk], word_index[chunk], tags):
+            # word_index[s][t]: the word whose first subword is token t (-1 elsewhere); left padding shifts the row
+            offset = len(row) - len(positions) if tokenizer.padding_side == "left" else 0
+            chosen = {w: row[offset + t] for t, w in enumerate(positions) if w >= 0}
+            lines.append(" ".join(f"{word}/{labels[chosen[i]] if i in chosen else '-'}" for i, word in enumerate(sentence)))
+    return lines
+
+
+def sentiment_tokenizer(name: str):
+    from bertgpt.models.library import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def tagging_tokenizer(name: str):
+    from bertgpt.data.subwords import load_tagging_tokenizer
+
+    return load_tagging_tokenizer(name)
+
+
+@dataclass(frozen=True)
+class Task:
+    head: str  # the backbone head its module builds
+    load_tokenizer: Callable[[str], object]  # as its datamodule loads it
+    lines: Callable[..., list[str]]
+
+
+# Each task module of tasks/, by the name its checkpoints carry (tests/test_predict.py checks these names).
+TASKS = {
+    "bertgpt.tasks.classification.SequenceClassifier": Task("sequence", sentiment_tokenizer, sentiment_lines),
+    "bertgpt.tasks.tagging.TokenClassifier": Task("token", tagging_tokenizer, tag_lines),
+}
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's trained backbone in eval mode, with its labels, tokenizer and data settings."""
+
+    task: Task
+    net: torch.nn.Module
+    labels: list[str]
+    tokenizer: object
+    data: dict
+
+    @torch.no_grad()
+    def lines(self, texts: list[str], batch_size: int) -> list[str]:
+        return self.task.lines(self.net, self.labels, self.tokenizer, self.data, texts, batch_size)
+
+
+def load_predictor(path: str | None) -> Predictor:
+    """The predictor of a checkpoint written by `train`, for task=sentiment or task=pos."""
+    blob = read_checkpoint(path)
+    name = project_name(blob["task"].get("module"), path)
+    if name not in TASKS:
+        raise UserError(f"ckpt_path={path}: a {name.rsplit('.', 1)[-1]} checkpoint; predict takes those of task=sentiment and task=pos.")
+    task, hparams, data = TASKS[name], blob["hyper_parameters"], dict(blob["datamodule_hyper_parameters"])
+    labels = [str(label) for label in hparams["labels"]]
+    net = build_net(hparams["net"], task.head, len(labels), path)
+    lora = hparams.get("lora") or {}
+    if lora.get("r") is not None:  # the adapters are in the state dict as the module had them; merged once loaded
+        from bertgpt.models.lora import add_lora, merge_lora
+
+        net = add_lora(net, **lora)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")})
+    if lora.get("r") is not None:
+        net = merge_lora(net)
+    return Predictor(task, net.eval(), labels, task.load_tokenizer(data["tokenizer"]), data)
+
+
+def check_max_length(max_length: int, tokenizer) -> int:
+    """`max_length=...` if the model takes that many tokens (the datamodule's rule for data.max_length)."""
+    limit = tokenizer.model_max_length
+    if max_length < 8 or (limit < 1_000_000 and max_length > limit):
+        raise UserError(f"max_length={max_length}: use 8 to {limit if limit < 1_000_000 else 'the model limit'} tokens, or null for the checkpoint's.")
+    return max_length
+
+
+def predict(cfg: DictConfig) -> list[str]:
+    """One line per `text=...` and per line of `file=...`: a review's label and probability, or a sentence's word/TAG pairs."""
+    texts = [cfg.text] if cfg.get("text") is not None else []
+    if cfg.get("file"):
+        texts += read_lines(Path(cfg.file).expanduser())
+    texts = [str(t) for t in texts if str(t).strip()]
+    if not texts:
+        raise UserError('nothing to predict: pass text="a review" or file=path/to/lines.txt (one review or sentence per line, not empty).')
+    predictor = load_predictor(cfg.ckpt_path)
+    if cfg.get("max_length") is not None:
+        predictor.data["max_length"] = check_max_length(int(cfg.max_length), predictor.tokenizer)
+    lines = predictor.lines(texts, cfg.batch_size)
+    for line in lines:
+        print(line)
+    return lines

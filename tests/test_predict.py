@@ -1,0 +1,89 @@
+"""src/predict.py runs without Lightning (bertgpt.inference) and prints what the trained LightningModule predicts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import only_run, run_script, tiny_overrides
+from omegaconf import OmegaConf
+
+from bertgpt import ROOT
+from bertgpt.data import tokenize
+from bertgpt.errors import UserError
+from bertgpt.inference import TASKS, load_predictor, predict
+from bertgpt.pipeline import load_checkpoint
+from bertgpt.tasks.classification import SequenceClassifier, qualified_name
+from bertgpt.tasks.tagging import TokenClassifier
+
+TEXTS = ["Great fun, really: I didn't expect it \\o/", "the plot was dull and the ending awful", "a superb , moving film <br /> loved it"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_bert, workdir, tmp_path_factory) -> str:
+    logs = tmp_path_factory.mktemp("predict-logs")
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, "trainer.max_epochs=1", "test=false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(only_run(logs) / "checkpoints" / "last.ckpt")
+
+
+def module_lines(ckpt: str, texts: list[str], max_length: int | None = None) -> list[str]:
+    """What the LightningModule eval tests with predicts, batched by its datamodule: the lines predict must print."""
+    model, datamodule_class, data = load_checkpoint(ckpt)
+    datamodule = datamodule_class(**data)
+    ids = tokenize.encode(datamodule.tokenizer, texts, max_length or data["max_length"], data["truncation"])
+    batch = datamodule.collator()([(torch.tensor(x), 0) for x in ids])
+    with torch.no_grad():
+        best = model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).max(-1)
+    return [f"{model.hparams.labels[i]}\t{p:.4f}\t{text}" for i, p, text in zip(best.indices.tolist(), best.values.tolist(), texts)]
+
+
+def test_predict_imports_no_lightning_and_prints_what_the_module_predicts(checkpoint, tmp_path):
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("\n".join(TEXTS[1:]) + "\n")
+    command = ["src/predict.py", f"ckpt_path={checkpoint}", f"text={TEXTS[0]}", f"file={reviews}", f"paths.log_dir={tmp_path / 'logs'}"]
+    done = subprocess.run([sys.executable, "-X", "importtime", *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "bertgpt.inference" in imported  # the list is real
+    assert not {name for name in imported if name.split(".")[0] in ("lightning", "torchmetrics")}
+    assert "bertgpt.pipeline" not in imported and not any(name.startswith("bertgpt.tasks") for name in imported)
+    assert not (tmp_path / "logs").exists()  # no run folder: predict writes nothing
+    assert done.stdout.splitlines() == module_lines(checkpoint, TEXTS)
+
+
+def test_batches_and_max_length_change_nothing_but_the_tokens(checkpoint, capsys):
+    config = {"ckpt_path": checkpoint, "text": None, "file": None, "batch_size": 1, "max_length": None}
+    assert load_predictor(checkpoint).lines(TEXTS, batch_size=2) == module_lines(checkpoint, TEXTS)
+    short = predict(OmegaConf.create({**config, "text": TEXTS[0], "max_length": 8}))
+    assert short == module_lines(checkpoint, TEXTS[:1], max_length=8) != module_lines(checkpoint, TEXTS[:1])
+    assert capsys.readouterr().out.splitlines() == short
+
+
+def test_the_task_table_names_the_task_modules():
+    assert set(TASKS) == {qualified_name(SequenceClassifier), qualified_name(TokenClassifier)}
+    assert [TASKS[qualified_name(cls)].head for cls in (SequenceClassifier, TokenClassifier)] == [SequenceClassifier.head, TokenClassifier.head]
+
+
+def test_a_checkpoint_that_names_foreign_code_is_refused(checkpoint, tmp_path):
+    blob = torch.load(checkpoint, weights_only=True)
+    blob["hyper_parameters"]["net"]["_target_"] = "os.system"
+    torch.save(blob, tmp_path / "foreign.ckpt")
+    with pytest.raises(UserError, match=r"names the class 'os.system', which is not one of this project's"):
+        load_predictor(str(tmp_path / "foreign.ckpt"))
+
+
+@pytest.mark.parametrize("override, message", [("fooo=1", "Could not override 'fooo'"), ("max_length=4", "max_length=4: use 8 to 512 tokens")])
+def test_a_bad_override_exits_2_with_one_line(checkpoint, tmp_path, override, message):
+    result = run_script("predict", f"ckpt_path={checkpoint}", "text=hello", override, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hydra_flag_runs_the_full_hydra_main():
+    result = run_script("predict", "--cfg", "job", "ckpt_path=x.ckpt", "text=a, b: c")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "text: 'a, b: c'" in result.stdout and "max_length: null" in result.stdout
