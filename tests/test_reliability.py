@@ -167,7 +167,7 @@ def test_a_split_that_leaves_a_set_empty(tmp_path, tiny_bert):
 
 
 def test_predict_with_only_blank_text_or_lines(tmp_path):
-    from bertgpt.pipeline import predict
+    from bertgpt.inference import predict
 
     for content, message in (("", "empty.txt: the file is empty"), ("  \n", r"empty.txt, line 1: blank line")):
         (tmp_path / "empty.txt").write_text(content)

@@ -62,7 +62,7 @@ def build_net(config: dict, head: str, num_labels: int, path: str) -> torch.nn.M
 
 def collator(tokenizer, data: dict) -> PadCollator:
     """Batches padded as the datamodule padded them in training and testing."""
-    return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, data["pad_to_multiple_of"])
+    return PadCollator.for_tokenizer(tokenizer, data["pad_to_multiple_of"])
 
 
 def sentiment_lines(net, labels: list[str], tokenizer, data: dict, texts: list[str], batch_size: int) -> list[str]:

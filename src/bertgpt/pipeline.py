@@ -20,10 +20,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from bertgpt.cli import cli, user_error, verbatim_text_argument  # noqa: F401  (the entry scripts' imports)
 from bertgpt.errors import TrainingDiverged
 from bertgpt.files import write_text
-from bertgpt.inference import predict, project_name, read_checkpoint  # noqa: F401  (predict: the entry imports it)
+from bertgpt.inference import project_name, read_checkpoint
 from bertgpt.training.callbacks import exit_on_signal
 from bertgpt.training.checkpoints import ensure_writable, newest_checkpoint, resume_checkpoint
 from bertgpt.training.optim import count_parameters

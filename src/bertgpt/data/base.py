@@ -180,12 +180,8 @@ class TokenDataModule(L.LightningDataModule):
         if stage == "test":
             rank_zero_info(f"Testing on {self.test_origin}")
 
-    @staticmethod
-    def collator_for(tokenizer, multiple: int = 1) -> PadCollator:
-        return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, multiple)
-
     def collator(self) -> PadCollator:
-        return self.collator_for(self.tokenizer, self.hparams.pad_to_multiple_of)
+        return PadCollator.for_tokenizer(self.tokenizer, self.hparams.pad_to_multiple_of)
 
     def _sampler(self, split: str):
         """Train: the resumable seeded shuffle. Eval under DDP: each review on exactly one rank, none repeated

@@ -17,6 +17,11 @@ class PadCollator:
     def __init__(self, pad_token_id: int, padding_side: str = "right", multiple: int = 1):
         self.pad_token_id, self.padding_side, self.multiple = pad_token_id, padding_side, multiple
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer, multiple: int = 1) -> PadCollator:
+        """Padding with the tokenizer's pad token on its side: how every datamodule, and predict, pads."""
+        return cls(tokenizer.pad_token_id, tokenizer.padding_side, multiple)
+
     def __call__(self, items: list[tuple[torch.Tensor, int | torch.Tensor]]) -> dict[str, torch.Tensor]:
         width = -(-max(len(ids) for ids, _ in items) // self.multiple) * self.multiple
         per_token = torch.is_tensor(items[0][1])
