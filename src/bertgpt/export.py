@@ -26,6 +26,7 @@ from bertgpt.errors import UserError
 from bertgpt.files import atomic_folder
 from bertgpt.models.convert import to_hf
 from bertgpt.models.library import HEADS
+from bertgpt.models.lora import merge_lora
 from bertgpt.pipeline import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ def hf_model(model, pad_token_id: int) -> PreTrainedModel:
     """The checkpoint's net as the library's `AutoModelFor{Sequence,Token}Classification`, in eval mode, with the
     label names and `pad_token_id` (the one the data was padded with) in its config: a decoder's sequence head
     finds the last real token by it. The checkpoint's module is left as it is."""
-    net = copy.deepcopy(model.net)
-    if hasattr(net, "merge_and_unload"):  # a peft model (LoRA): the adapters folded into the weights they adapt
-        net = net.merge_and_unload()
+    net = merge_lora(copy.deepcopy(model.net))  # LoRA: the adapters folded into the weights they adapt
     if not isinstance(net, PreTrainedModel):  # our BERT / GPT: the library's class, built from the translated config
         config, state_dict = to_hf(net)
         net = HEADS[model.head].from_config(config)

@@ -15,6 +15,7 @@ peft is imported where it is used: seconds of imports on a small CPU that a full
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from torch import nn
@@ -115,8 +116,7 @@ def merge_lora(net: nn.Module) -> nn.Module:
     """The plain model of a LoRA-wrapped `net`: each update B @ A * alpha / r added into its weight, the peft
     wrappers gone, every parameter trainable again; its outputs are the wrapped net's. `net` itself is
     consumed (peft merges in place). A net without LoRA comes back as it is."""
-    from peft import PeftModel
-
-    if not isinstance(net, PeftModel):
+    peft = sys.modules.get("peft")  # a net with adapters was wrapped by peft, so it is imported; else no LoRA
+    if peft is None or not isinstance(net, peft.PeftModel):
         return net
     return net.merge_and_unload().requires_grad_(True)
