@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bertgpt import ROOT
 from bertgpt.cli import exit_on_user_error, hydra_value
@@ -35,25 +36,68 @@ MANIFEST = "compare.json"
 
 @dataclass(frozen=True)
 class Arm:
-    """One fine-tuning run: `model` is the src/train.py option; `objective` names the pretraining it starts from."""
+    """One kind of run the compare can make.
 
-    part: str  # "practical" or "controlled"
+    `script`: src/<script>.py. For a fine-tune (train) `model` is its model= option; for a probe or a prompt, the
+    checkpoint it reads (a pretraining export when `objective` names one). `options`: what makes the arm itself (the
+    mask, the pooling, the prompting method). `seeded`: runs once per seed (a probe or zero-shot prompt is
+    deterministic given its inputs: once). `decoder`: the 135M decoder, whose fine-tunes take compare.decoder_seeds
+    of the seeds. `curve`: also fine-tuned at each compare.curve_sizes (the learning curve).
+    """
+
+    part: str  # the report's section: practical, direction, probes, prompting, controlled
     model: str
     description: str
     objective: str | None = None
     pretrained: bool = True
+    task: str = "sentiment"
+    script: str = "train"
+    options: tuple[str, ...] = ()
+    seeded: bool = True
+    decoder: bool = False
+    curve: bool = False
+
+
+BERT, DECODER = "all-minilm-l6-v2", "smollm2-135m"  # the bundled checkpoints
+
+
+def direction(mask: str, pooling: str, task: str = "sentiment") -> Arm:
+    """Our BERT on the bundled MiniLM weights under a bidirectional or causal mask: only the mask (and the pooled
+    token) differs between these arms."""
+    causal = mask == "causal"
+    what = f"our BERT, {mask} mask" + (f", {pooling} pooling" if task == "sentiment" else "")
+    options = ("model=bert_scratch", f"model.net.causal={str(causal).lower()}")
+    return Arm("direction", "bert_scratch", what, task=task, options=options + ((f"model.net.pooling={pooling}",) if task == "sentiment" else ()))
 
 
 ARMS = {
-    "bert": Arm("practical", "bert", "library BERT"),
+    "bert": Arm("practical", "bert", "library BERT", curve=True),
     "bert_scratch": Arm("practical", "bert_scratch", "our BERT"),
-    "gpt": Arm("practical", "gpt", "library decoder"),
-    "gpt_scratch": Arm("practical", "gpt_scratch", "our decoder"),
+    "gpt": Arm("practical", "gpt", "library decoder", decoder=True, curve=True),
+    "gpt_scratch": Arm("practical", "gpt_scratch", "our decoder", decoder=True),
+    "pos_bert": Arm("practical", "bert", "library BERT", task="pos"),
+    "pos_gpt": Arm("practical", "gpt", "library decoder", task="pos", decoder=True),
+    **{f"bert_{mask}_{pooling}": direction(mask, pooling) for mask in ("bi", "causal") for pooling in ("cls", "mean", "last")},
+    "pos_bert_bi": direction("bi", "first", "pos"),
+    "pos_bert_causal": direction("causal", "first", "pos"),
+    "probe_bert": Arm("probes", BERT, "library BERT, frozen", script="probe", seeded=False),
+    "probe_gpt": Arm("probes", DECODER, "library decoder, frozen", script="probe", seeded=False, decoder=True),
+    "probe_bert_pos": Arm("probes", BERT, "library BERT, frozen", task="pos", script="probe", seeded=False),
+    "probe_gpt_pos": Arm("probes", DECODER, "library decoder, frozen", task="pos", script="probe", seeded=False, decoder=True),
+    "gpt_zeroshot": Arm("prompting", DECODER, "library decoder, zero-shot", script="prompt", options=("method=chat", "shots=0"),
+                        seeded=False, decoder=True),
+    "gpt_kshot": Arm("prompting", DECODER, "library decoder, k-shot", script="prompt", options=("method=chat",), decoder=True),
     "bert_mlm": Arm("controlled", "bert_scratch", "our BERT, MLM-pretrained", "mlm"),
     "gpt_clm": Arm("controlled", "gpt_scratch", "our GPT, CLM-pretrained", "clm"),
     # The controls take only the config and tokenizer of the export: same size and vocabulary, random weights.
     "bert_random": Arm("controlled", "bert_scratch", "our BERT, random init", "mlm", pretrained=False),
     "gpt_random": Arm("controlled", "gpt_scratch", "our GPT, random init", "clm", pretrained=False),
+    "pos_bert_mlm": Arm("controlled", "bert_scratch", "our BERT, MLM-pretrained", "mlm", task="pos"),
+    "pos_gpt_clm": Arm("controlled", "gpt_scratch", "our GPT, CLM-pretrained", "clm", task="pos"),
+    "pos_bert_random": Arm("controlled", "bert_scratch", "our BERT, random init", "mlm", pretrained=False, task="pos"),
+    "pos_gpt_random": Arm("controlled", "gpt_scratch", "our GPT, random init", "clm", pretrained=False, task="pos"),
+    "bert_mlm_cloze": Arm("prompting", "export", "our BERT, MLM-pretrained, cloze", "mlm", script="prompt",
+                          options=("method=cloze",), seeded=False),
 }
 PRETRAINING = {"mlm": "our BERT, masked LM", "clm": "our GPT, next token"}
 
@@ -76,42 +120,57 @@ class Run:
 
 
 def budget(cfg: DictConfig) -> dict:
-    """The shared budget; full=true lifts the size limits (the whole data) and takes the GPU pretraining steps."""
+    """The budget of this compare (its scale's values with the command line's overrides), as the report shows it."""
     c = cfg.compare
-    values = {k: c[k] for k in ("train_size", "val_size", "batch_size", "lr", "warmup_ratio", "epochs", "max_length", "seed", "val_check_interval", "log_every_n_steps")}
-    values.update(pretrain_steps=c.pretrain.steps, pretrain_docs=c.pretrain.docs, seeds=seeds(cfg))
-    if cfg.full:
-        values.update(train_size=None, val_size=None, pretrain_docs=None, pretrain_steps=c.pretrain.full_steps)
+    keys = ("scale", "train_size", "val_size", "curve_sizes", "decoder_sizes", "curve_min_samples", "direction_train_size", "probe_train_size", "batch_size",
+            "lr", "warmup_ratio", "epochs", "max_length", "shots", "demo_tokens", "validate", "val_check_interval", "log_every_n_steps")
+    values = {k: OmegaConf.to_object(c[k]) if OmegaConf.is_config(c[k]) else c[k] for k in keys}
+    values.update(pos=OmegaConf.to_object(c.pos), pretrain_steps=c.pretrain.steps, pretrain_docs=c.pretrain.docs, seeds=seeds(cfg),
+                  decoder_seeds=c.decoder_seeds, seed=seeds(cfg)[0])
     return values
 
 
 def seeds(cfg: DictConfig) -> list[int]:
-    """The seeds each fine-tuning arm runs with: compare.seeds, else compare.seed alone."""
-    chosen = list(dict.fromkeys(cfg.compare.get("seeds") or [cfg.compare.seed]))
-    if not all(isinstance(s, int) for s in chosen):
+    """The seeds each seeded arm runs with, in order."""
+    chosen = list(dict.fromkeys(cfg.compare.seeds or []))
+    if not chosen or not all(isinstance(s, int) for s in chosen):
         raise UserError(f"compare.seeds={chosen}: seeds are integers, e.g. compare.seeds=[2024,2025,2026].")
     return chosen
 
 
-def train_budget(b: dict, seed: int) -> list[str]:
-    """The src/train.py overrides every fine-tuning arm gets, identical across arms (and across seeds but the seed)."""
+def data_budget(b: dict, arm: Arm, train_size: int | None) -> list[str]:
+    """The data options of a run: the same held-out items for every arm of a task."""
+    if arm.task == "pos":
+        pos = b["pos"]
+        sizes = {"train_size": train_size if arm.script == "probe" else pos["train_size"], "val_size": pos["val_size"], "test_size": pos["test_size"]}
+    else:
+        sizes = {"train_size": train_size, "val_size": b["val_size"]}
+    return [*(f"data.{k}={hydra_value(v)}" for k, v in sizes.items()), f"data.max_length={b['max_length']}"]
+
+
+def train_budget(b: dict, arm: Arm, seed: int, train_size: int | None, epochs: int) -> list[str]:
+    """The src/train.py overrides of a fine-tune, identical across arms but for the arm's own and the seed."""
+    validation = [f"++trainer.val_check_interval={b['val_check_interval']}"] if b["validate"] else ["++trainer.limit_val_batches=0"]
     return [
-        f"data.train_size={hydra_value(b['train_size'])}",
-        f"data.val_size={hydra_value(b['val_size'])}",
+        *([f"task={arm.task}"] if arm.task != "sentiment" else []),
+        *data_budget(b, arm, train_size),
         f"data.batch_size={b['batch_size']}",
-        f"data.max_length={b['max_length']}",
         f"model.lr={b['lr']}",
         f"model.warmup_ratio={b['warmup_ratio']}",
-        f"trainer.max_epochs={b['epochs']}",
-        f"++trainer.val_check_interval={b['val_check_interval']}",  # ++: set it whether or not the trainer config names it
+        f"trainer.max_epochs={epochs}",
+        *validation,
         f"trainer.log_every_n_steps={b['log_every_n_steps']}",
         "trainer.devices=1",
         f"seed={seed}",
     ]
 
 
+def arm_train_size(b: dict, arm: Arm) -> int | None:
+    return {"direction": b["direction_train_size"], "probes": b["probe_train_size"]}.get(arm.part, b["train_size"])
+
+
 def plan(cfg: DictConfig, out: Path) -> list[Run]:
-    """The runs `cfg` asks for, in order: the practical arms, then each pretraining before the arms that use it."""
+    """The runs `cfg` asks for, in the order of compare.arms, each pretraining before the first arm that uses it."""
     arms = list(dict.fromkeys(cfg.compare.arms or []))  # an arm named twice runs once
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
@@ -119,26 +178,38 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
         raise UserError(f"compare.arms=[{','.join(arms)}]: {problem}. Choose from {', '.join(ARMS)}.")
     b = budget(cfg)
     extra = cfg.compare.arm_overrides or {}
-    pretraining = [
-        Run(f"pretrain_{objective}", "pretrain", [f"objective={objective}", f"trainer.max_steps={b['pretrain_steps']}",
-            f"data.max_docs={hydra_value(b['pretrain_docs'])}", f"seed={b['seed']}", *cfg.compare.pretrain.overrides],
-            "pretraining", description, {"objective": objective})
-        for objective, description in PRETRAINING.items() if any(ARMS[a].objective == objective for a in arms)
-    ]
-    finetuning = []
-    for name in sorted(arms, key=list(ARMS).index):  # ARMS order: the practical part first, the quickest arms first
+    runs: list[Run] = []
+    for name in arms:
         arm = ARMS[name]
-        weights = []
-        if arm.objective:
-            weights = [f"model.net.checkpoint={hydra_value(out / f'pretrain_{arm.objective}' / 'export')}"]
-            weights += [] if arm.pretrained else ["model.net.pretrained=false"]
-        for seed in b["seeds"]:  # one seed: the run is the arm's name; more: <arm>_seed<seed>, read together by the report
-            common = [*train_budget(b, seed), *cfg.compare.train_overrides]
-            finetuning.append(Run(name if len(b["seeds"]) == 1 else f"{name}_seed{seed}", "train",
-                                  [f"model={arm.model}", *weights, *common, *extra.get(name, [])], arm.part, arm.description,
-                                  {"arm": name, "seed": seed, "objective": arm.objective, "pretrained": arm.pretrained}))
-    # Pretraining after the practical arms: its exports are only needed by the controlled ones.
-    return [r for r in finetuning if r.part == "practical"] + pretraining + [r for r in finetuning if r.part == "controlled"]
+        if arm.objective and not any(r.name == f"pretrain_{arm.objective}" for r in runs):
+            runs.append(Run(f"pretrain_{arm.objective}", "pretrain",
+                            [f"objective={arm.objective}", f"trainer.max_steps={b['pretrain_steps']}",
+                             f"data.max_docs={hydra_value(b['pretrain_docs'])}", f"seed={b['seed']}", *cfg.compare.pretrain.overrides],
+                            "pretraining", PRETRAINING[arm.objective], {"objective": arm.objective}))
+        export = hydra_value(out / f"pretrain_{arm.objective}" / "export") if arm.objective else None
+        arm_seeds = (b["seeds"][: b["decoder_seeds"]] if arm.decoder else b["seeds"]) if arm.seeded else [b["seeds"][0]]
+        sizes = [arm_train_size(b, arm)] + (list(b["curve_sizes"]) if arm.curve else [])
+        if arm.decoder and arm.script == "train":  # the decoder trains ~9x slower: its own sizes
+            sizes = list(b["decoder_sizes"])
+        for size in sizes:
+            curve_point = size != sizes[0]
+            label = f"{name}_n{size}" if curve_point else name
+            epochs = max(b["epochs"], math.ceil(b["curve_min_samples"] / size)) if curve_point else b["epochs"]
+            for seed in arm_seeds:
+                if arm.script == "train":
+                    weights = [f"model.net.checkpoint={export}", *([] if arm.pretrained else ["model.net.pretrained=false"])] if export else []
+                    overrides = [*(arm.options or [f"model={arm.model}"]), *weights, *train_budget(b, arm, seed, size, epochs),
+                                 *cfg.compare.train_overrides]
+                elif arm.script == "probe":
+                    overrides = [f"checkpoint={export or arm.model}", f"task={arm.task}", *data_budget(b, arm, size), f"seed={seed}"]
+                else:  # prompt
+                    shots = [] if any(o.startswith("shots=") for o in arm.options) else [f"shots={b['shots']}", f"demo_tokens={b['demo_tokens']}"]
+                    overrides = [f"checkpoint={export or arm.model}", *arm.options, *shots, *data_budget(b, arm, None), f"seed={seed}"]
+                run_name = label if len(arm_seeds) == 1 else f"{label}_seed{seed}"
+                info = {"arm": label, "kind": name, "seed": seed, "task": arm.task, "objective": arm.objective, "pretrained": arm.pretrained,
+                        "train_size": size if arm.script != "prompt" else 0, "epochs": epochs if arm.script == "train" else None}
+                runs.append(Run(run_name, arm.script, [*overrides, *extra.get(name, [])], arm.part, arm.description, info))
+    return runs
 
 
 def precision(run: Run) -> str | None:
@@ -214,33 +285,52 @@ def execute(run: Run, folder: Path, heartbeat_s: float, started: float) -> float
     return seconds
 
 
+def finished(out: Path, run: Run, before: dict) -> dict | None:
+    """The record of `run` from an earlier compare into `out` if it finished there with the same command, else None."""
+    record = before.get(run.name)
+    if record and record.get("finished") and record.get("command") == run.command(out / run.name) and (out / run.name / "metrics.json").is_file():
+        return record
+    return None
+
+
 def run_all(cfg: DictConfig, out: Path) -> Path:
-    """Runs every planned arm in `out`, recording each in compare.json, then writes the report."""
+    """Runs every planned arm in `out` (skipping those an earlier compare there finished), recording each in
+    compare.json, then writes the report."""
     from bertgpt.experiments.compare_report import write_report
 
-    if cfg.full:
+    if cfg.compare.scale == "full":
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError("full=true trains on the whole data set (hours per decoder arm on a CPU) and wants a GPU; none is visible. "
-                            "Drop full=true for the CPU budget, or raise compare.train_size / compare.val_size yourself.")
+            raise UserError("compare.scale=full trains on the whole data set with 5 seeds (days of decoder fine-tuning on a CPU) and wants a "
+                            "GPU; none is visible. Use the default scale, or raise compare.train_size / compare.val_size yourself.")
     runs = plan(cfg, out)
     if cfg.compare.dry_run:
         for run in runs:
             print(f"{run.name}: {run.command(out / run.name)}")
         return out
-    if any(r.script == "pretrain" for r in runs) and not (ROOT / "src" / "pretrain.py").exists():
-        needing = [r.name for r in runs if r.part == "controlled"]
-        raise UserError(f"arms {', '.join(needing)} start from src/pretrain.py, which is not here. Leave them out: compare.arms=[bert,bert_scratch,gpt,gpt_scratch]")
+    missing = sorted({r.script for r in runs} - {p.stem for p in (ROOT / "src").glob("*.py")})
+    if missing:
+        needing = [r.name for r in runs if r.script in missing]
+        raise UserError(f"arms {', '.join(needing)} run src/{missing[0]}.py, which is not here. Leave them out of compare.arms.")
+    before = json.loads((out / MANIFEST).read_text())["runs"] if (out / MANIFEST).is_file() else {}
     manifest = {
-        "command": invocation(), "date": now(), "machine": machine(), "full": bool(cfg.full), "budget": budget(cfg),
+        "command": invocation(), "date": now(), "machine": machine(), "budget": budget(cfg),
         "runs": {r.name: {"script": r.script, "part": r.part, "description": r.description, **r.info, "precision": precision(r),
                           "command": r.command(out / r.name)} for r in runs},
     }
+    done = {r.name: record for r in runs if (record := finished(out, r, before))}
+    for name, record in done.items():
+        manifest["runs"][name].update(wall_s=record["wall_s"], finished=record["finished"])
+    if done:
+        log.info("Resuming %s: %d of %d runs finished there already (%s); delete the folder to start over.", out, len(done), len(runs), ", ".join(done))
     save_manifest(out, manifest)
     started = time.perf_counter()
-    for i, run in enumerate(runs, start=1):
-        log.info("[%d/%d] %s (%s), compare %s so far: %s", i, len(runs), run.name, run.description, clock(time.perf_counter() - started), manifest["runs"][run.name]["command"])
+    todo = [r for r in runs if r.name not in done]
+    for i, run in enumerate(todo, start=1):
+        log.info("[%d/%d] %s (%s), compare %s so far: %s", i, len(todo), run.name, run.description, clock(time.perf_counter() - started), manifest["runs"][run.name]["command"])
+        if (out / run.name).exists():  # an interrupted run, or one of another command: start it afresh
+            shutil.rmtree(out / run.name)
         try:
             seconds = execute(run, out / run.name, cfg.compare.heartbeat_s, started)
         except BaseException:
@@ -249,9 +339,9 @@ def run_all(cfg: DictConfig, out: Path) -> Path:
             raise
         manifest["runs"][run.name].update(wall_s=seconds, finished=now())
         save_manifest(out, manifest)
-        log.info("[%d/%d] %s done in %s", i, len(runs), run.name, clock(seconds))
+        log.info("[%d/%d] %s done in %s", i, len(todo), run.name, clock(seconds))
     report = write_report(out, Path(cfg.compare.report_dir))
-    log.info("All %d runs done in %s. Report: %s", len(runs), clock(time.perf_counter() - started), report)
+    log.info("All %d runs done (%d now) in %s. Report: %s", len(runs), len(todo), clock(time.perf_counter() - started), report)
     return report
 
 
