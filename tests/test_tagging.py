@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import run_script
@@ -84,6 +85,17 @@ def test_pos_train_writes_word_metrics_the_per_tag_table_and_the_baseline(pos_ru
     assert set(metrics["per_tag"]) == {".", "ADJ", "DET", "NOUN", "VERB"}
     assert all(0 <= v <= 1 for tag in metrics["per_tag"].values() for v in tag.values())
     assert "| NOUN |" in (pos_run / "per_tag.md").read_text()
+
+
+def test_pos_test_saves_each_sentences_words_in_the_splits_order(pos_run):
+    """predictions.json for tagging: every test word's tag and prediction, sentence by sentence in the split's order
+    (not the loader's length-sorted one), with each sentence's word count; its accuracy is test/acc."""
+    saved = json.loads((pos_run / "predictions.json").read_text())
+    metrics = json.loads((pos_run / "metrics.json").read_text())
+    assert set(saved["labels"]) == set(metrics["per_tag"]) and sum(saved["words"]) == len(saved["label"]) == len(saved["prediction"])
+    assert np.equal(saved["label"], saved["prediction"]).mean() == pytest.approx(metrics["test/acc"], abs=1e-6)
+    # tagged_sentences(240, seed=1) split 80/10/10: 24 test sentences; their own tags, regrouped, are the labels
+    assert len(saved["words"]) == 24 and min(saved["words"]) >= 1
 
 
 def test_pos_eval_reproduces_the_test_accuracy(pos_run, tmp_path):

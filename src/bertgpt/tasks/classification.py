@@ -23,6 +23,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from bertgpt.data.collate import IGNORE
 from bertgpt.errors import UserError
 from bertgpt.inference import net_logits
 from bertgpt.models.lora import add_lora
@@ -141,8 +142,36 @@ class Classifier(L.LightningModule):
         self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
+    # Each test item's labels and predictions in the test split's order (a review's one label, a sentence's words):
+    # what a paired comparison of two runs needs (the same items, right or wrong in each), written by the pipeline
+    # as predictions.json.
+    test_predictions: dict | None = None
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (predictions, labels) of each item, loader order
+        self.test_predictions = None
+
     def test_step(self, batch, batch_idx):
-        self.evaluation_step(batch, "test")
+        preds, targets = self.evaluation_step(batch, "test")
+        labelled = (batch["labels"] != IGNORE).sum(1).tolist() if self.head == "token" else [1] * len(targets)
+        self._test_rows += zip(preds.cpu().split(labelled), targets.cpu().split(labelled))
+        return preds, targets
+
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.world_size > 1 or not self._test_rows:  # each rank saw a share: no single ordered list
+            return
+        # The loader visits the items in its sampler's order (sorted by length, to pad least): put them back.
+        order = list(self.trainer.test_dataloaders.sampler)
+        if len(order) != len(self._test_rows):  # trainer.limit_test_batches, fast_dev_run: not the whole held-out set
+            log.warning("The test saw %d of the %d test items: no predictions.json.", len(self._test_rows), len(order))
+            return
+        rows = [None] * len(order)
+        for position, item in enumerate(order):
+            rows[item] = self._test_rows[position]
+        preds, targets = (torch.cat(column) for column in zip(*rows))
+        self.test_predictions = {"labels": list(self.hparams.labels), "label": targets.tolist(), "prediction": preds.tolist()}
+        if self.head == "token":  # flat over the words; each sentence's count, to regroup them
+            self.test_predictions["words"] = [len(p) for p, _ in rows]
 
     @property
     def _fused(self) -> bool:
@@ -180,31 +209,6 @@ class SequenceClassifier(Classifier):
     def metrics(self, prefix: str) -> MetricCollection:
         n = len(self.hparams.labels)
         return MetricCollection({"acc": MulticlassAccuracy(n, average="micro"), "f1": binary_or_macro_f1(n)}, prefix=prefix)
-
-    # Each test review's label and prediction, in the test split's order: what a paired comparison of two runs
-    # needs (the same reviews, right or wrong in each), written by the pipeline as predictions.json.
-    test_predictions: dict | None = None
-
-    def on_test_epoch_start(self) -> None:
-        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.test_predictions = None
-
-    def test_step(self, batch, batch_idx):
-        preds, targets = self.evaluation_step(batch, "test")
-        self._test_batches.append((preds.cpu(), targets.cpu()))
-
-    def on_test_epoch_end(self) -> None:
-        if self.trainer.world_size > 1 or not self._test_batches:  # each rank saw a share: no single ordered list
-            return
-        # The loader visits the reviews in its sampler's order (sorted by length, to pad least): put them back.
-        order = torch.tensor(list(self.trainer.test_dataloaders.sampler))
-        preds, targets = (torch.cat(column) for column in zip(*self._test_batches))
-        if len(order) != len(preds):  # trainer.limit_test_batches, fast_dev_run: not the whole held-out set
-            log.warning("The test saw %d of the %d test reviews: no predictions.json.", len(preds), len(order))
-            return
-        rows = torch.empty_like(order)
-        rows[order] = torch.arange(len(order))
-        self.test_predictions = {"labels": self.hparams.labels, "label": targets[rows].tolist(), "prediction": preds[rows].tolist()}
 
 
 def qualified_name(cls: type) -> str:

@@ -39,7 +39,7 @@ class TokenClassifier(Classifier):
         return MetricCollection({"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro")}, prefix=prefix)
 
     def test_step(self, batch, batch_idx):
-        preds, targets = self.evaluation_step(batch, "test")
+        preds, targets = super().test_step(batch, batch_idx)
         self.test_per_tag.update(preds, targets)
         if self.hparams.is_bio:  # seqeval wants the tag strings of each sentence: cut the flat, row-major words by row
             names, words_per_row = self.hparams.labels, (batch["labels"] != -100).sum(1).tolist()
@@ -48,10 +48,12 @@ class TokenClassifier(Classifier):
                 self._entities[1].append([names[i] for i in row_pred.tolist()])
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self.test_per_tag.reset()
         self._entities = ([], [])
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         per_tag = {k: v.tolist() for k, v in self.test_per_tag.compute().items()}
         self.per_tag = {tag: {k: per_tag[k][i] for k in per_tag} for i, tag in enumerate(self.hparams.labels)}
         if self.hparams.is_bio and self._entities[0]:
