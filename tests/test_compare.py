@@ -12,20 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, run_script, toy_reviews
+from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bertgpt.errors import UserError
 from bertgpt.experiments.compare import ARMS
-from bertgpt.experiments.compare_report import CONTRASTS, read_events, write_report
+from bertgpt.experiments.compare_report import read_events, write_report
 from bertgpt.experiments.stats import t_interval
 
 HAS_PRETRAIN = (ROOT / "src" / "pretrain.py").exists()
-PRACTICAL = [a for a, arm in ARMS.items() if arm.part == "practical"]
-CONTROLLED = [a for a, arm in ARMS.items() if arm.part == "controlled"]
-# A few steps of each arm: 32 reviews in batches of 8, validated twice, every step logged.
-TINY = ["compare.train_size=32", "compare.val_size=16", "compare.batch_size=8", "compare.max_length=32", "compare.val_check_interval=0.5",
-        "compare.log_every_n_steps=1", "compare.pretrain.steps=4", "compare.pretrain.docs=100", "compare.heartbeat_s=2"]
+PRACTICAL = ["bert", "bert_scratch", "gpt", "gpt_scratch"]
+CONTROLLED = ["bert_mlm", "gpt_clm", "bert_random", "gpt_random"]
+SMOKE_ARMS = list(OmegaConf.load(ROOT / "conf" / "compare.yaml").compare.scales.smoke.arms)
+# The smoke scale, shrunk to the toy data: 32 reviews in batches of 8, every step logged.
+TINY = ["compare.scale=smoke", "compare.train_size=32", "compare.val_size=16", "compare.curve_sizes=[16]", "compare.batch_size=8",
+        "compare.max_length=32", "compare.log_every_n_steps=1", "compare.pretrain.steps=4", "compare.pretrain.docs=100", "compare.heartbeat_s=2",
+        "compare.probe_train_size=32", "compare.direction_train_size=32", "compare.decoder_sizes=[32]", "compare.curve_min_samples=32"]
 NUMBER_COLUMNS = {
     # column -> (metrics.json key, scale): the cell must be that metric, as printed
     "params": ("params/total", 1), "trainable": ("params/trainable", 1), "train samples/s": ("train/samples_per_sec", 1),
@@ -39,18 +42,29 @@ def list_override(key: str, values: list[str]) -> str:
     return f"{key}=[" + ",".join(json.dumps(v) for v in values) + "]"
 
 
+def arm_inputs(arm: str, tiny_bert: str, tiny_gpt2: str, toy_csv: Path, tagged: Path) -> list[str]:
+    """The tiny model and toy data an arm reads instead of the bundled ones (the controlled arms' weights are their
+    pretraining's export)."""
+    spec = ARMS[arm]
+    decoder = spec.decoder or spec.model.startswith("gpt")
+    weights = [] if spec.objective else [("checkpoint=" if spec.script != "train" else "model.net.checkpoint=") + (tiny_gpt2 if decoder else tiny_bert)]
+    return [*weights, f"data.path={tagged if spec.task == 'pos' else toy_csv}"]
+
+
 def tiny_overrides(tiny_bert: str, tiny_gpt2: str, toy_csv: Path, tmp_path: Path, arms: list[str]) -> list[str]:
-    """The tiny fixtures for the practical arms, a tiny text file and model for pretraining (whose vocabulary is the
-    bundled BERT's), and the toy reviews for every fine-tune."""
+    """The smoke scale on the tiny fixtures: each arm's tiny model and toy data, a tiny text file and model for
+    pretraining (whose vocabulary is the bundled BERT's)."""
+    from test_tagging import tagged_sentences, write_columns
+
     text = tmp_path / "unlabeled.txt"
     text.write_text("\n".join(toy_reviews(200, seed=3)[0]) + "\n")
-    weights = {"bert": tiny_bert, "bert_scratch": tiny_bert, "gpt": tiny_gpt2, "gpt_scratch": tiny_gpt2}
+    tagged = write_columns(tmp_path / "tagged.txt", tagged_sentences(400, seed=2))
     pretrain = [f"data.path={text}", "data.exclude_held_out=false", "data.block_size=32", "data.batch_size=8", "model.n_layer=1",
                 "model.n_head=2", "model.n_embd=32", "model.n_inner=64", "trainer.log_every_n_steps=1"]
     return [
         f"compare.arms=[{','.join(arms)}]", *TINY, f"hydra.run.dir={tmp_path / 'compare'}", f"compare.report_dir={tmp_path / 'reports'}",
-        list_override("compare.train_overrides", [f"data.path={toy_csv}"]), list_override("compare.pretrain.overrides", pretrain),
-        *(list_override(f"compare.arm_overrides.{arm}", [f"model.net.checkpoint={path}"]) for arm, path in weights.items() if arm in arms),
+        list_override("compare.pretrain.overrides", pretrain), "compare.scales.smoke.pos.train_size=32", "compare.scales.smoke.pos.val_size=8", "compare.scales.smoke.pos.test_size=16",
+        *(list_override(f"++compare.arm_overrides.{arm}", arm_inputs(arm, tiny_bert, tiny_gpt2, toy_csv, tagged)) for arm in arms),
     ]
 
 
@@ -86,7 +100,7 @@ def check_tables(report: Path, folder: Path) -> list[list[dict[str, str]]]:
             name = row["run"].strip("`")
             metrics = json.loads((folder / name / "metrics.json").read_text())
             for column, cell in row.items():
-                if column in ("run", "model", "weights", "layers x width"):  # names, not figures
+                if column in ("run", "model", "weights", "layers x width", "task", "method", "best pooling"):  # names, not figures
                     continue
                 value = as_number(cell)  # "n/a" or an empty cell fails here
                 if column in NUMBER_COLUMNS:
@@ -108,60 +122,89 @@ def check_images(report: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_compare(tiny_bert, tiny_gpt2, tmp_path_factory):
-    """One tiny compare of every arm (the controlled ones when src/pretrain.py is here), for the tests below to read."""
+    """The smoke scale's arms (those whose script is here) plus the learning curve's decoder and two direction arms,
+    on the tiny fixtures: the tests below read what it left."""
     from conftest import write_csv
 
     tmp_path = tmp_path_factory.mktemp("compare")
-    toy_csv = write_csv(tmp_path / "toy.csv", *toy_reviews())
-    arms = PRACTICAL + (CONTROLLED if HAS_PRETRAIN else [])
+    toy_csv = write_csv(tmp_path / "toy.csv", *toy_reviews(400))
+    scripts = {p.stem for p in (ROOT / "src").glob("*.py")}
+    arms = [a for a in SMOKE_ARMS + ["gpt", "bert_bi_cls", "bert_causal_last"] if ARMS[a].script in scripts]
     started = time.perf_counter()
     result = run_script("compare", *tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, tmp_path, arms))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path / "compare", tmp_path / "reports" / "compare.md", arms, result, time.perf_counter() - started
 
 
+def run_names(folder: Path) -> list[str]:
+    return list(json.loads((folder / "compare.json").read_text())["runs"])
+
+
 @pytest.mark.slow
-def test_tiny_compare_reports_every_arm_from_its_files(tiny_compare):
+def test_smoke_compare_reports_every_run_from_its_files(tiny_compare):
     folder, report, arms, result, _ = tiny_compare
     text = report.read_text()
     first = text.splitlines()[:2]
     assert first[0].startswith("Generated by `python src/compare.py 'compare.arms=[") and re.search(r"on \d{4}-\d\d-\d\dT", first[0])
     assert re.search(r"Machine: CPU .+, (no GPU|GPU .+), \d+ torch threads, torch \d", first[1])
-    *tables, intervals = check_tables(report, folder)
-    rows = [row["run"].strip("`") for table in tables for row in table]
-    assert sorted(rows) == sorted(arms + ([f"pretrain_{o}" for o in ("mlm", "clm")] if HAS_PRETRAIN else []))
-    # Every arm left predictions.json for the same 16 reviews: an interval each, a paired verdict on each contrast.
-    assert [row["arm"].strip("`") for row in intervals] == arms and {row["held-out reviews"] for row in intervals} == {"16"}
+    assert "Scale `smoke`" in text and "**Incomplete:**" not in text
+    tables = check_tables(report, folder)
+    intervals = next(t for t in tables if t and "95% from" in t[0])
+    names = run_names(folder)
+    assert "bert_n16" in names and {"bert", "gpt", "pos_bert_bi", "pos_bert_causal"} <= set(names)
+    # Every run left predictions.json: an interval per arm, on the same 16 reviews or the same POS test words.
+    assert sorted(row["arm"].strip("`") for row in intervals) == sorted(names)
     for row in intervals:
-        acc = json.loads((folder / row["arm"].strip("`") / "metrics.json").read_text())["test/acc"]
+        name = row["arm"].strip("`")
+        saved = json.loads((folder / name / "predictions.json").read_text())
+        assert row["held-out items"] == (f"{len(saved['label']):,} words" if name.startswith("pos_") else "16 reviews")
+        acc = json.loads((folder / name / "metrics.json").read_text())["test/acc"]
         assert as_number(row["held-out acc"]) == pytest.approx(100 * acc, abs=6e-3)
         assert as_number(row["95% from"]) <= as_number(row["held-out acc"]) <= as_number(row["95% to"])
-    verdicts = re.findall(r"paired bootstrap over 16 reviews: 95% interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] points, \*\*([^*]+)\*\*", text)
-    assert len(verdicts) == (len(CONTRASTS) if HAS_PRETRAIN else 3) and set(verdicts) <= {"no difference found", *(f"`{a}` better" for a in arms)}
+    verdicts = re.findall(r"paired bootstrap over [\d,]+ (?:reviews|words): 95% interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] points, \*\*([^*]+)\*\*", text)
+    assert "what seeing the right context buys POS tagging: `pos_bert_bi`" in text
+    assert "decoder vs BERT, bundled weights, both fine-tuned on 32 reviews: `gpt`" in text
+    assert len(verdicts) >= 3 and set(verdicts) <= {"no difference found", *(f"`{a}` better" for a in names)}
     images = check_images(report)
-    assert "compare_practical_loss.png" in images and "compare_practical_accuracy.png" in images
-    if HAS_PRETRAIN:
-        assert {"compare_controlled_loss.png", "compare_controlled_accuracy.png", "compare_pretraining_loss.png"} <= set(images)
-    for arm in arms:  # each arm's output streamed to its own log, its progress to the console
-        assert (folder / arm / "output.log").read_text().startswith(f"$ python src/train.py model={ARMS[arm].model}")
-        assert f"] {arm} (" in result.stdout + result.stderr
+    assert "compare_curve.png" in images and "compare_practical_loss.png" in images and "compare_direction_loss.png" in images
+    for name in names:  # each run's output streamed to its own log, its progress to the console
+        script = json.loads((folder / "compare.json").read_text())["runs"][name]["script"]
+        assert (folder / name / "output.log").read_text().startswith(f"$ python src/{script}.py ")
+        assert f"] {name} (" in result.stdout + result.stderr
     summary = EventAccumulator(str(folder / "summary"), size_guidance={"images": 0, "tensors": 0})
     summary.Reload()
-    assert "compare/practical_accuracy" in summary.Tags()["images"]
+    assert "compare/curve" in summary.Tags()["images"]
     assert any(tag.startswith("compare/report") for tag in summary.Tags()["tensors"])  # the text plugin's tag
 
 
 @pytest.mark.slow
-def test_every_arm_ran_under_the_same_budget(tiny_compare):
-    folder, _, arms, _, _ = tiny_compare
+def test_every_sentiment_fine_tune_of_one_size_ran_under_one_budget(tiny_compare):
+    folder, _, _, _, _ = tiny_compare
     manifest = json.loads((folder / "compare.json").read_text())
-    budgets = set()
-    for arm in arms:
-        args = shlex.split(manifest["runs"][arm]["command"])
-        budgets.add(tuple(a for a in args if a.startswith(("data.", "model.lr", "model.warmup", "trainer.", "++trainer.", "seed="))))
-        config = (folder / arm / ".hydra" / "config.yaml").read_text()
-        assert "train_size: 32" in config and "batch_size: 8" in config and "max_length: 32" in config
+    budgets = {}
+    for name, record in manifest["runs"].items():
+        if record["script"] != "train" or record["task"] != "sentiment":
+            continue
+        args = shlex.split(record["command"])
+        budget = tuple(a for a in args if a.startswith(("data.", "model.lr", "model.warmup", "trainer.", "++trainer.limit", "seed="))
+                       and not a.startswith(("data.path", "data.train_size", "trainer.max_epochs")))
+        budgets.setdefault(budget, []).append(name)
+        config = (folder / name / ".hydra" / "config.yaml").read_text()
+        assert f"train_size: {record['train_size']}" in config and "batch_size: 8" in config and "max_length: 32" in config
     assert len(budgets) == 1, budgets
+
+
+@pytest.mark.slow
+def test_a_repeated_compare_resumes_and_runs_nothing_again(tiny_compare, tiny_bert, tiny_gpt2, tmp_path):
+    folder, report, arms, _, _ = tiny_compare
+    before = {name: (folder / name / "metrics.json").stat().st_mtime_ns for name in run_names(folder)}
+    toy_csv = folder.parent / "toy.csv"
+    overrides = [o for o in tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, folder.parent, arms) if not o.startswith("compare.report_dir=")]
+    result = run_script("compare", *overrides, f"compare.report_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{len(before)} of {len(before)} runs finished there already" in result.stdout + result.stderr
+    assert {name: (folder / name / "metrics.json").stat().st_mtime_ns for name in run_names(folder)} == before
+    assert parse_tables((tmp_path / "compare.md").read_text()) == parse_tables(report.read_text())
 
 
 @pytest.mark.slow
@@ -173,12 +216,13 @@ def test_report_only_rebuilds_the_same_tables(tiny_compare, tmp_path):
     assert "Report re-generated from those files by `python src/compare.py report_only=" in again
     assert parse_tables(again) == parse_tables(report.read_text())
     assert check_images(tmp_path / "compare.md")
-    assert not (tmp_path / "logs" / "compare" / "runs").exists() or not any((tmp_path / "logs" / "compare" / "runs").iterdir())
+    assert not (tmp_path / "logs" / "compare").exists() or not any((tmp_path / "logs" / "compare").rglob("*.json"))
 
 
 def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny_bert, tiny_gpt2, toy_csv, tmp_path):
     overrides = tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, tmp_path, ["bert", "gpt"])
-    result = run_script("compare", *overrides, list_override("compare.arm_overrides.bert", ["data.max_length=4"]))
+    broken = list_override("++compare.arm_overrides.bert", ["model.net.checkpoint=" + tiny_bert, f"data.path={toy_csv}", "data.max_length=4"])
+    result = run_script("compare", *overrides, broken)
     assert result.returncode == 2, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: arm bert failed (exit 2)") and "data.max_length=4 is below 8" in error
@@ -186,6 +230,7 @@ def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny_ber
     assert log == tmp_path / "compare" / "bert" / "output.log" and "data.max_length=4" in log.read_text()
     assert not (tmp_path / "compare" / "gpt").exists()  # it stopped at the failure
     assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
+    assert json.loads((tmp_path / "compare" / "compare.json").read_text())["runs"]["bert"]["failed"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -200,28 +245,49 @@ def test_bad_options_are_one_error_line_and_leave_nothing(override, message, tmp
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_full_wants_a_gpu(tmp_path):
+def test_full_scale_wants_a_gpu(tmp_path):
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("a GPU is here: full=true would start a whole-data compare")
-    result = run_script("compare", "full=true", f"paths.log_dir={tmp_path}")
-    assert result.returncode == 2 and "full=true" in result.stderr and "wants a GPU" in result.stderr
+        pytest.skip("a GPU is here: compare.scale=full would start a whole-data compare")
+    result = run_script("compare", "compare.scale=full", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2 and "compare.scale=full" in result.stderr and "wants a GPU" in result.stderr
 
 
-def test_dry_run_gives_every_arm_one_budget_and_the_controls_random_weights(tmp_path):
-    result = run_script("compare", "compare.dry_run=true", "full=false", f"paths.log_dir={tmp_path}", "compare.pretrain.steps=7")
+def dry_run(tmp_path: Path, *overrides: str) -> dict[str, str]:
+    result = run_script("compare", "compare.dry_run=true", f"paths.log_dir={tmp_path}", *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
-    commands = dict(line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line))
-    assert list(commands) == PRACTICAL + ["pretrain_mlm", "pretrain_clm"] + CONTROLLED
-    budget = "data.train_size=2000 data.val_size=500 data.batch_size=16 data.max_length=128 model.lr=5e-05 model.warmup_ratio=0.1 trainer.max_epochs=1"
-    for arm in PRACTICAL + CONTROLLED:
-        assert commands[arm].startswith(f"python src/train.py model={ARMS[arm].model} ") and budget in commands[arm]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # a dry run leaves no folder
+    return dict(line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line))
+
+
+def test_the_default_scale_plans_each_arm_with_its_seeds_and_sizes(tmp_path):
+    commands = dry_run(tmp_path)
+    seeds = (2024, 2025, 2026)
+    assert {f"bert_seed{s}" for s in seeds} | {f"bert_n100_seed{s}" for s in seeds} | {f"pos_bert_causal_seed{s}" for s in seeds} <= set(commands)
+    assert "gpt" in commands and not any(name.startswith("gpt_seed") for name in commands)  # the decoder: one seed, 500 reviews
+    assert "data.train_size=500 " in commands["gpt"] and "data.train_size=2000 " in commands["bert_seed2024"]
+    assert "data.train_size=100 " in commands["bert_n100_seed2024"] and "trainer.max_epochs=5 " in commands["bert_n100_seed2024"]
+    assert all("data.val_size=500 " in c for n, c in commands.items() if not n.startswith(("pos_", "probe_bert_pos", "probe_gpt_pos")))
+    # The attention-direction arms differ only in the mask and the pooled token.
+    def without(command, *keys):
+        return [a for a in shlex.split(command) if not a.startswith(keys)]
+    cls, last = commands["bert_bi_cls_seed2024"], commands["bert_causal_last_seed2024"]
+    assert "model.net.causal=false model.net.pooling=cls" in cls and "model.net.causal=true model.net.pooling=last" in last
+    assert without(cls, "model.net.", "hydra.run.dir") == without(last, "model.net.", "hydra.run.dir")
+    assert commands["gpt_zeroshot"].startswith("python src/prompt.py checkpoint=smollm2-135m method=chat shots=0 ")
+    assert "shots=4 demo_tokens=64" in commands["gpt_kshot"] and commands["probe_gpt_pos"].startswith("python src/probe.py checkpoint=smollm2-135m task=pos")
+    assert str(tmp_path / "compare" / "default" / "gpt") in commands["gpt"]  # one folder per scale: resumable
+
+
+def test_controlled_arms_follow_their_pretraining_and_the_controls_take_random_weights(tmp_path):
+    commands = dry_run(tmp_path, f"compare.arms=[{','.join(CONTROLLED)},bert_mlm_cloze]", "compare.pretrain.steps=7", "compare.seeds=[1]")
+    assert list(commands) == ["pretrain_mlm", "bert_mlm", "pretrain_clm", "gpt_clm", "bert_random", "gpt_random", "bert_mlm_cloze"]
     for objective in ("mlm", "clm"):
         assert f"objective={objective} trainer.max_steps=7 " in commands[f"pretrain_{objective}"]
     assert "pretrain_mlm/export " in commands["bert_mlm"] and "pretrained=false" not in commands["bert_mlm"]
     assert "pretrain_clm/export model.net.pretrained=false " in commands["gpt_random"]
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # a dry run leaves no folder
+    assert commands["bert_mlm_cloze"].startswith("python src/prompt.py checkpoint=") and "pretrain_mlm/export method=cloze" in commands["bert_mlm_cloze"]
 
 
 def test_every_planned_command_composes_with_the_configs(tmp_path, monkeypatch):
@@ -232,16 +298,23 @@ def test_every_planned_command_composes_with_the_configs(tmp_path, monkeypatch):
     from bertgpt import pipeline  # noqa: F401  (registers the config resolvers)
 
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
-    result = run_script("compare", "compare.dry_run=true", f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    commands = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line)]
-    assert len(commands) == len(ARMS) + 2
-    for command in commands:
+    commands = dry_run(tmp_path, f"compare.arms=[{','.join(ARMS)}]", "compare.seeds=[1]")
+    scripts = {p.stem for p in (ROOT / "src").glob("*.py")}
+    assert len(commands) == len(ARMS) + 2 + 2  # the curve's two extra sizes for bert, two pretrainings
+    for command in commands.values():
         script, *overrides = shlex.split(command)[1:]
+        if Path(script).stem not in scripts:
+            continue
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(Path(script).stem, overrides=[o for o in overrides if not o.startswith("hydra.")])
         if Path(script).stem == "train":
             assert cfg.callbacks.model_checkpoint.save_weights_only is True and cfg.data.batch_size == 16
+
+
+def test_the_smoke_scale_is_small(tmp_path):
+    commands = dry_run(tmp_path, "compare.scale=smoke")
+    assert len(commands) <= 8 and all("data.max_length=64" in c for c in commands.values())
+    assert all(re.search(r"data\.(val|test)_size=32 ", c) for c in commands.values())
 
 
 # -- the report writer alone, on synthetic runs ------------------------------------------------------------------
@@ -262,13 +335,20 @@ def fake_run(folder: Path, name: str, metrics: dict, curves: dict[str, list[floa
     writer.close()
 
 
+FAKE_BUDGET = dict(scale="smoke", train_size=32, val_size=16, curve_sizes=[16], decoder_sizes=[32], curve_min_samples=32, direction_train_size=32,
+                   probe_train_size=32, batch_size=8, lr=5e-5, warmup_ratio=0.1, epochs=1, max_length=32, shots=2, demo_tokens=64, validate=False,
+                   val_check_interval=0.5, log_every_n_steps=1, pos={"train_size": 32, "val_size": 8, "test_size": 16}, pretrain_steps=20,
+                   pretrain_docs=None, seeds=[1], decoder_seeds=1, seed=1)
+
+
 def fake_compare(folder: Path) -> dict:
     runs, expected = {}, {}
     for i, name in enumerate(PRACTICAL + CONTROLLED):
         metrics = {"params/total": 1000 * (i + 1), "params/trainable": 900 * (i + 1), "train/samples_per_sec": 10.5 + i,
                    "train/tokens_per_sec": 1234.0 + i, "train/peak_memory_mb": 512.0 + i, "test/acc": 0.6 + i / 100, "test/f1": 0.55 + i / 100}
         fake_run(folder, name, metrics, {"train/loss": [0.7, 0.6, 0.5 - i / 100], "val/acc": [0.5, 0.6 + i / 100], "train/epoch_time_s": [3.0]})
-        runs[name] = {"script": "train", "part": ARMS[name].part, "description": ARMS[name].description, "command": f"python src/train.py model={name}", "wall_s": 20.0 + i}
+        runs[name] = {"script": "train", "part": ARMS[name].part, "description": ARMS[name].description, "command": f"python src/train.py model={name}",
+                      "wall_s": 20.0 + i, "arm": name, "kind": name, "task": "sentiment", "train_size": 32, "finished": "2026-01-02T03:04:05+00:00"}
         expected[name] = metrics
     for objective in ("mlm", "clm"):
         metrics = {"params/total": 5000, "val/loss": 6.5, "val/ppl": 665.1, "val/token_acc": 0.123, "train/samples_per_sec": 40.0,
@@ -276,11 +356,9 @@ def fake_compare(folder: Path) -> dict:
         fake_run(folder, f"pretrain_{objective}", metrics, {"train/loss": [10.0, 8.0, 7.0], "val/loss": [6.5]})
         runs[f"pretrain_{objective}"] = {"script": "pretrain", "part": "pretraining", "description": objective, "objective": objective,
                                          "command": f"python src/pretrain.py objective={objective}", "wall_s": 30.0}
-    budget = dict(train_size=32, val_size=16, batch_size=8, lr=5e-5, warmup_ratio=0.1, epochs=1, max_length=32, seed=1,
-                  val_check_interval=0.5, log_every_n_steps=1, pretrain_steps=20, pretrain_docs=None)
     machine = dict(cpu="Test CPU", cpu_count=2, gpu=None, threads=2, torch="2.x", python="3.x", host="h")
     manifest = {"command": "python src/compare.py compare.arms=[...]", "date": "2026-01-02T03:04:05+00:00", "machine": machine,
-                "full": False, "budget": budget, "runs": runs}
+                "budget": FAKE_BUDGET, "runs": runs}
     (folder / "compare.json").write_text(json.dumps(manifest))
     return expected
 
@@ -306,15 +384,20 @@ def test_report_writer_on_synthetic_runs(tmp_path):
     assert [step for step, _, _ in points] == [0, 10] and 0 <= points[1][1] - points[0][1] == pytest.approx(1, abs=0.01)
 
 
-def test_report_writer_refuses_an_unfinished_compare_and_keeps_the_old_report(tmp_path):
+def test_a_report_of_an_unfinished_compare_names_the_runs_still_to_come(tmp_path):
     folder, reports = tmp_path / "compare", tmp_path / "reports"
     fake_compare(folder)
-    write_report(folder, reports)
-    before = {p.name: p.read_bytes() for p in reports.iterdir()}
     (folder / "gpt" / "metrics.json").unlink()
-    with pytest.raises(UserError, match="run gpt has no metrics.json"):
+    text = write_report(folder, reports).read_text()
+    assert "**Incomplete:** 1 planned run(s) had not finished when this report was written: `gpt`." in text
+    assert "`gpt`" not in text.split("**Incomplete:**")[1].split("\n", 1)[1]  # no row, no contrast for it
+    for name in PRACTICAL + CONTROLLED:
+        (folder / name / "metrics.json").unlink(missing_ok=True)
+    for objective in ("mlm", "clm"):
+        (folder / f"pretrain_{objective}" / "metrics.json").unlink()
+    with pytest.raises(UserError, match="no run of this compare has finished yet"):
         write_report(folder, reports)
-    assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
+    assert (reports / "compare.md").read_text() == text  # the old report stays
 
 
 def fake_predictions(folder: Path, name: str, right: slice, labels: list[int]) -> None:
@@ -339,26 +422,25 @@ def test_report_gives_intervals_and_paired_verdicts_from_the_runs_predictions(tm
     tables = check_tables(reports / "compare.md", folder)  # the held-out acc column is each run's test/acc
     intervals = {row["arm"].strip("`"): row for row in tables[-1]}
     assert list(intervals) == PRACTICAL  # the controlled arms left no predictions
-    assert intervals["bert"]["held-out reviews"] == "400" and intervals["bert"]["seeds"] == "1" and intervals["gpt"]["held-out acc"] == "80.00%"
+    assert intervals["bert"]["held-out items"] == "400 reviews" and intervals["bert"]["seeds"] == "1" and intervals["gpt"]["held-out acc"] == "80.00%"
     half = 100 * 1.96 * np.sqrt(0.6 * 0.4 / 400)  # 4.8 points: the normal approximation
     assert as_number(intervals["bert"]["95% from"]) == pytest.approx(60 - half, abs=0.7)
     assert as_number(intervals["bert"]["95% to"]) == pytest.approx(60 + half, abs=0.7)
-    assert re.search(r"ours vs the library, BERT: `bert_scratch` 61.00% vs `bert` 60.00% held-out \(\+1.00 points; paired bootstrap "
-                     r"over 400 reviews: 95% interval \[-?\+?\d\.\d\d, \+\d\.\d\d\] points, \*\*no difference found\*\*\)", text)
-    assert re.search(r"decoder vs BERT, bundled weights: `gpt` 80.00% vs `bert` 60.00% held-out \(\+20.00 points; paired bootstrap "
-                     r"over 400 reviews: 95% interval \[\+1\d\.\d\d, \+2\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
-    assert "ours vs the library, decoder: `gpt_scratch` 60.00% vs `gpt` 80.00% held-out (-20.00 points; not on the same held-out reviews" in text
+    assert re.search(r"ours vs the library, BERT \(the same weights\): `bert_scratch` 61.00% vs `bert` 60.00% held-out \(\+1.00 points; paired "
+                     r"bootstrap over 400 reviews: 95% interval \[-?\+?\d\.\d\d, \+\d\.\d\d\] points, \*\*no difference found\*\*\)", text)
+    assert re.search(r"decoder vs BERT, bundled weights, both fine-tuned on 32 reviews: `gpt` 80.00% vs `bert` 60.00% held-out \(\+20.00 points; "
+                     r"paired bootstrap over 400 reviews: 95% interval \[\+1\d\.\d\d, \+2\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
+    assert "ours vs the library, decoder (the same weights): `gpt_scratch` 60.00% vs `gpt` 80.00% held-out (-20.00 points; not on the same held-out" in text
     assert "A verdict names a side only when its interval excludes 0" in text
-    assert "Without per-review predictions:" in text  # the controlled arms have no predictions: the rule of thumb stays for them
+    assert "Without per-item predictions:" in text  # the controlled arms have no predictions: the rule of thumb stays for them
     assert write_report(folder, reports).read_text() == text  # seeded: the same files, the same intervals
+    assert "compare_curve.png" in check_images(reports / "compare.md")
 
 
 def test_seeds_run_each_arm_once_per_seed_and_the_report_reads_them_together(tmp_path):
-    result = run_script("compare", "compare.dry_run=true", "compare.seeds=[7,8]", "compare.arms=[bert,bert_mlm]", f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    commands = dict(line.split(": ", 1) for line in result.stdout.splitlines() if re.match(r"\w+: python src/", line))
+    commands = dry_run(tmp_path, "compare.seeds=[7,8]", "compare.arms=[bert,bert_mlm]", "compare.curve_sizes=[]")
     assert list(commands) == ["bert_seed7", "bert_seed8", "pretrain_mlm", "bert_mlm_seed7", "bert_mlm_seed8"]
-    assert " seed=7 " in commands["bert_seed7"] and " seed=8 " in commands["bert_mlm_seed8"] and " seed=2024 " in commands["pretrain_mlm"]
+    assert " seed=7 " in commands["bert_seed7"] and " seed=8 " in commands["bert_mlm_seed8"] and " seed=7 " in commands["pretrain_mlm"]
     # The report of such a compare: one row of intervals per arm, over its reviews and seeds.
     folder, reports = tmp_path / "compare", tmp_path / "reports"
     fake_compare(folder)
@@ -381,5 +463,5 @@ def test_seeds_run_each_arm_once_per_seed_and_the_report_reads_them_together(tmp
     spread = t_interval([150 / 300, 160 / 300, 170 / 300])
     assert bert["over seeds alone (t)"] == f"{100 * spread.low:.2f}% to {100 * spread.high:.2f}%"
     assert as_number(bert["95% from"]) < 53.33 - 100 * 1.96 * np.sqrt(0.5333 * 0.4667 / 300) * 0.9  # reviews and seeds: no narrower than reviews alone
-    assert re.search(r"decoder vs BERT, bundled weights: `gpt` 82.78% vs `bert` 53.33% held-out \(\+29.44 points; paired bootstrap over "
-                     r"300 reviews and 3 x 3 seeds: 95% interval \[\+2\d\.\d\d, \+3\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
+    assert re.search(r"decoder vs BERT, bundled weights, both fine-tuned on 32 reviews: `gpt` 82.78% vs `bert` 53.33% held-out \(\+29.44 points; "
+                     r"paired bootstrap over 300 reviews and 3 x 3 seeds: 95% interval \[\+2\d\.\d\d, \+3\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)

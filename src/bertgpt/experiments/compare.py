@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -363,6 +364,9 @@ def main(cfg: DictConfig, out: Path) -> None:
     failed arm's log that the error names. Only a compare that started no arm (a bad option, report_only, dry_run)
     leaves no folder behind.
     """
+    # SIGTERM (a scheduler, `kill`) as an exception: the running arm is stopped by `execute` and compare.json says
+    # where the compare stopped, instead of the arm running on, orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         exit_on_user_error(lambda: compare(cfg, out))
     finally:

@@ -31,9 +31,13 @@ from bertgpt.experiments.stats import (
 
 REPORT = "compare.md"
 PARTS = {
-    "practical": "Practical: library vs ours, on the same bundled weights",
+    "practical": "Practical: the bundled weights fine-tuned",
+    "direction": "Attention direction, isolated: our BERT on the bundled weights, bidirectional vs causal mask",
+    "probes": "Frozen representations: a linear probe on every layer",
+    "prompting": "No fine-tuning: the decoder prompted, our MLM BERT asked a cloze",
     "controlled": "Controlled: our BERT vs our GPT, one size and tokenizer, pretrained the same way",
 }
+ITEMS = {"sentiment": "reviews", "pos": "words"}
 
 
 @dataclass
@@ -44,7 +48,8 @@ class RunFiles:
     info: dict
     metrics: dict
     series: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)  # tag -> (step, seconds, value)
-    predictions: dict | None = None  # predictions.json: "label" and "prediction" per held-out review, in order
+    predictions: dict | None = None  # predictions.json: "label" and "prediction" per held-out item, in order
+    probes: dict | None = None  # probes.json of a probe run: accuracy per layer and pooling
 
     def points(self, tag: str) -> list[tuple[int, float, float]]:
         return self.series.get(tag, [])
@@ -91,23 +96,28 @@ def weights(folder: Path, run: Path) -> str:
     return checkpoint
 
 
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_run(folder: Path, name: str, info: dict) -> RunFiles:
     metrics_file = folder / name / "metrics.json"
-    if not metrics_file.is_file():
-        raise UserError(f"{folder}: run {name} has no metrics.json (it did not finish). Its log: {folder / name / 'output.log'}")
     layers, width = saved_config(folder / name, "model.n_layer"), saved_config(folder / name, "model.n_embd")  # pretraining's size
     info = {**info, "weights": weights(folder, folder / name), "size": f"{layers} x {width}" if layers and width else ""}
-    predictions = folder / name / "predictions.json"  # sentiment runs write it; older ones and pretraining do not
     return RunFiles(name, info, json.loads(metrics_file.read_text()), read_events(folder / name),
-                    json.loads(predictions.read_text()) if predictions.is_file() else None)
+                    read_json(folder / name / "predictions.json"), read_json(folder / name / "probes.json"))
 
 
-def read_compare(folder: Path) -> tuple[dict, list[RunFiles]]:
+def read_compare(folder: Path) -> tuple[dict, list[RunFiles], list[str]]:
+    """The manifest, the runs that finished (their metrics.json is there) and the names of those that did not."""
     manifest_file = folder / "compare.json"
     if not manifest_file.is_file():
-        raise UserError(f"report_only={folder}: not a compare folder (no compare.json). Compares are under logs/compare/runs/.")
+        raise UserError(f"report_only={folder}: not a compare folder (no compare.json). Compares are under logs/compare/.")
     manifest = json.loads(manifest_file.read_text())
-    return manifest, [read_run(folder, name, info) for name, info in manifest["runs"].items()]
+    done = [name for name in manifest["runs"] if (folder / name / "metrics.json").is_file()]
+    if not done:
+        raise UserError(f"{folder}: no run of this compare has finished yet (none has a metrics.json): nothing to report.")
+    return manifest, [read_run(folder, name, manifest["runs"][name]) for name in done], [n for n in manifest["runs"] if n not in done]
 
 
 # -- cells -------------------------------------------------------------------------------------------------------
@@ -169,14 +179,28 @@ PRETRAIN_COLUMNS = {
     "peak memory (MiB)": lambda r: number(r.metrics.get("train/peak_memory_mb")),
     "wall time (s)": lambda r: number(r.info.get("wall_s")),
 }
-# Pairs worth a sentence: (a, b, what a - b measures).
+# Pairs worth a sentence when both ran: (a, b, what a - b measures). The learning curve's pairs (the two families
+# at each training size) are added by `pairs`.
 CONTRASTS = [
-    ("bert_scratch", "bert", "ours vs the library, BERT"),
-    ("gpt_scratch", "gpt", "ours vs the library, decoder"),
-    ("gpt", "bert", "decoder vs BERT, bundled weights"),
+    ("bert_scratch", "bert", "ours vs the library, BERT (the same weights)"),
+    ("gpt_scratch", "gpt", "ours vs the library, decoder (the same weights)"),
+    ("bert_bi_cls", "bert_causal_last", "what seeing the right context buys sentiment, each mask at its natural pooling ([CLS] vs the last token)"),
+    ("bert_bi_mean", "bert_causal_mean", "what seeing the right context buys sentiment, both mean-pooled"),
+    ("bert_bi_last", "bert_causal_last", "what seeing the right context buys sentiment, both from the last token"),
+    ("bert_bi_cls", "bert_causal_cls", "[CLS] with and without the right context (under the causal mask it sees only itself)"),
+    ("pos_bert_bi", "pos_bert_causal", "what seeing the right context buys POS tagging"),
+    ("bert_bi_mean", "bert_bi_cls", "pooling under the bidirectional mask: mean vs [CLS]"),
+    ("bert_causal_mean", "bert_causal_last", "pooling under the causal mask: mean vs the last token"),
+    ("probe_gpt", "probe_bert", "frozen features, each model's best layer and pooling: decoder vs BERT, sentiment"),
+    ("probe_gpt_pos", "probe_bert_pos", "frozen features, each model's best layer: decoder vs BERT, POS"),
+    ("gpt_kshot", "gpt_zeroshot", "what in-context demonstrations buy the prompted decoder"),
+    ("pos_gpt", "pos_bert", "decoder vs BERT, POS, bundled weights"),
     ("bert_mlm", "bert_random", "what MLM pretraining buys our BERT"),
     ("gpt_clm", "gpt_random", "what CLM pretraining buys our GPT"),
     ("gpt_clm", "bert_mlm", "GPT vs BERT, same size, tokenizer and pretraining budget"),
+    ("pos_bert_mlm", "pos_bert_random", "what MLM pretraining buys our BERT, POS"),
+    ("pos_gpt_clm", "pos_gpt_random", "what CLM pretraining buys our GPT, POS"),
+    ("pos_gpt_clm", "pos_bert_mlm", "GPT vs BERT, same size, tokenizer and pretraining budget, POS"),
 ]
 
 
@@ -190,7 +214,7 @@ def table(runs: list[RunFiles], columns: dict) -> str:
 
 @dataclass
 class ArmRuns:
-    """An arm's fine-tuning runs, one per seed (compare.seeds), read together."""
+    """An arm's runs, one per seed (compare.seeds), read together."""
 
     name: str
     runs: list[RunFiles]
@@ -199,15 +223,25 @@ class ArmRuns:
         return sum(r.metrics[key] for r in self.runs) / len(self.runs)
 
     @property
+    def info(self) -> dict:
+        return self.runs[0].info
+
+    @property
     def correct(self) -> np.ndarray | None:
-        """(seeds, reviews) correctness, or None unless every seed left predictions.json for the same reviews."""
+        """(seeds, items) correctness, or None unless every seed left predictions.json for the same items."""
         if any(r.correct is None for r in self.runs) or len({tuple(r.predictions["label"]) for r in self.runs}) > 1:
             return None
         return np.stack([r.correct for r in self.runs])
 
+    @property
+    def accuracy(self):
+        """The mean accuracy with its 95% bootstrap interval over items (and seeds); None without predictions."""
+        correct = self.correct
+        return None if correct is None else bootstrap_accuracy(correct)
+
 
 def arms(runs: list[RunFiles]) -> dict[str, ArmRuns]:
-    """The fine-tuning runs grouped by arm, in their order (a run without an arm, from an older compare, is its own)."""
+    """The runs grouped by arm, in their order (a run without an arm, from an older compare, is its own)."""
     grouped: dict[str, ArmRuns] = {}
     for run in runs:
         name = run.info.get("arm") or run.name
@@ -215,67 +249,103 @@ def arms(runs: list[RunFiles]) -> dict[str, ArmRuns]:
     return grouped
 
 
+def trained_on(arm: ArmRuns) -> str:
+    """How many labelled items an arm learnt from: fine-tuning or probe data, a prompt's demonstrations, or none."""
+    info = arm.info
+    if info.get("script") == "prompt":
+        shots = arm.runs[0].metrics.get("prompt/shots", 0)
+        return f"{int(shots)} in the prompt" if shots else "0 (zero-shot)"
+    size = info.get("train_size")
+    return "all" if size is None else f"{size:,}"
+
+
 def interval_table(by_arm: dict[str, ArmRuns]) -> str:
     """Each arm's held-out accuracy (the mean over its seeds) with its 95% bootstrap interval over the held-out
-    reviews and the seeds, and with several seeds the t interval over the seeds alone."""
-    header = ["arm", "model", "seeds", "held-out reviews", "held-out acc", "95% from", "95% to", "over seeds alone (t)"]
+    items and the seeds, and with several seeds the t interval over the seeds alone."""
+    header = ["arm", "model", "task", "trained on", "seeds", "held-out items", "held-out acc", "95% from", "95% to", "over seeds alone (t)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in by_arm.values():
         correct = arm.correct
         if correct is None:
             continue
-        acc = bootstrap_accuracy(correct)
+        acc = arm.accuracy
         seeds = "n/a (one seed)"
         if len(correct) > 1:
             spread = t_interval(correct.mean(1))  # each seed's accuracy
             seeds = f"{percent(spread.low)} to {percent(spread.high)}"
-        lines.append("| " + " | ".join([f"`{arm.name}`", arm.runs[0].info.get("description", ""), str(len(correct)), count(correct.shape[1]),
-                                         percent(acc.mean), percent(acc.low), percent(acc.high), seeds]) + " |")
+        task = arm.info.get("task", "sentiment")
+        lines.append("| " + " | ".join([f"`{arm.name}`", arm.info.get("description", ""), task, trained_on(arm), str(len(correct)),
+                                         f"{correct.shape[1]:,} {ITEMS.get(task, 'items')}", percent(acc.mean), percent(acc.low),
+                                         percent(acc.high), seeds]) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def verdict(a: ArmRuns, b: ArmRuns) -> str | None:
-    """The paired bootstrap of a - b over the held-out reviews both were tested on (and their seeds), as a clause;
+    """The paired bootstrap of a - b over the held-out items both were tested on (and their seeds), as a clause;
     None when a run of either lacks predictions.json."""
     ca, cb = a.correct, b.correct
     if ca is None or cb is None:
         return None
     if a.runs[0].predictions["label"] != b.runs[0].predictions["label"]:
-        return "not on the same held-out reviews, so no paired interval"
+        return "not on the same held-out items, so no paired interval"
     diff = paired_bootstrap(ca, cb)
     found = {"A better": f"`{a.name}` better", "B better": f"`{b.name}` better"}.get(diff.verdict, diff.verdict)
-    over = f"{ca.shape[1]:,} reviews" + (f" and {len(ca)} x {len(cb)} seeds" if len(ca) > 1 or len(cb) > 1 else "")
+    items = ITEMS.get(a.info.get("task", "sentiment"), "items")
+    over = f"{ca.shape[1]:,} {items}" + (f" and {len(ca)} x {len(cb)} seeds" if len(ca) > 1 or len(cb) > 1 else "")
     return f"paired bootstrap over {over}: 95% interval [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] points, **{found}**"
+
+
+def curve_arms(by_arm: dict[str, ArmRuns], kind: str) -> list[ArmRuns]:
+    """The fine-tuned arms of one kind (bert, gpt) at each training size, smallest first."""
+    found = [a for a in by_arm.values() if a.info.get("kind") == kind and a.info.get("script", "train") == "train"]
+    return sorted(found, key=lambda a: math.inf if a.info.get("train_size") is None else a.info["train_size"])
+
+
+def pairs(by_arm: dict[str, ArmRuns]) -> list[tuple[str, str, str]]:
+    """The pairs worth a sentence: the two families at each training size both ran, the prompted decoder against
+    the least-trained BERT, then CONTRASTS."""
+    found = []
+    bert = {a.info.get("train_size"): a for a in curve_arms(by_arm, "bert")}
+    for gpt in curve_arms(by_arm, "gpt"):
+        size = gpt.info.get("train_size")
+        if size in bert:
+            found.append((gpt.name, bert[size].name, f"decoder vs BERT, bundled weights, both fine-tuned on {'all' if size is None else f'{size:,}'} reviews"))
+    if bert and "gpt_zeroshot" in by_arm:
+        least = min(bert.values(), key=lambda a: a.info.get("train_size") or math.inf)
+        found.append(("gpt_zeroshot", least.name, f"the decoder zero-shot vs BERT fine-tuned on {least.info.get('train_size'):,} reviews"))
+    return found + [(a, b, what) for a, b, what in CONTRASTS if a in by_arm and b in by_arm]
 
 
 def contrasts(by_arm: dict[str, ArmRuns], held_out: int | None) -> list[str]:
     """One line per pair of arms that both ran: the accuracy gap (of the seeds' means) with its paired-bootstrap
-    verdict, and the speed ratio. Arms without per-review predictions get the rule-of-thumb noise instead."""
-    keys = ("test/acc", "train/samples_per_sec")
-    ready = {name: arm for name, arm in by_arm.items() if all(k in r.metrics for r in arm.runs for k in keys)}
+    verdict, and the training speed ratio where both trained. Arms without per-item predictions get the
+    rule-of-thumb noise instead."""
+    ready = {name: arm for name, arm in by_arm.items() if all("test/acc" in r.metrics for r in arm.runs)}
     lines, unpaired, paired_any = [], False, False
-    for a, b, what in CONTRASTS:
-        if a in ready and b in ready:
-            acc_a, acc_b = ready[a].mean("test/acc"), ready[b].mean("test/acc")
-            speed = ready[a].mean("train/samples_per_sec") / ready[b].mean("train/samples_per_sec")
-            paired = verdict(ready[a], ready[b])
-            unpaired, paired_any = unpaired or paired is None, paired_any or paired is not None
-            lines.append(f"- {what}: `{a}` {percent(acc_a)} vs `{b}` {percent(acc_b)} held-out "
-                         f"({100 * (acc_a - acc_b):+.2f} points{f'; {paired}' if paired else ''}), {speed:.2f}x the training samples/s.")
+    for a, b, what in pairs(ready):
+        acc_a, acc_b = ready[a].mean("test/acc"), ready[b].mean("test/acc")
+        paired = verdict(ready[a], ready[b])
+        unpaired, paired_any = unpaired or paired is None, paired_any or paired is not None
+        speed = ""
+        if all("train/samples_per_sec" in r.metrics for arm in (ready[a], ready[b]) for r in arm.runs):
+            speed = f", {ready[a].mean('train/samples_per_sec') / ready[b].mean('train/samples_per_sec'):.2f}x the training samples/s"
+        lines.append(f"- {what}: `{a}` {percent(acc_a)} vs `{b}` {percent(acc_b)} held-out "
+                     f"({100 * (acc_a - acc_b):+.2f} points{f'; {paired}' if paired else ''}){speed}.")
     if paired_any:
         lines.append(f"- {PAIRED_NOTE}")
     if unpaired and held_out:
         p = sum(arm.mean("test/acc") for arm in ready.values()) / len(ready)
         error = 100 * math.sqrt(p * (1 - p) / held_out)
-        lines.append(f"- Without per-review predictions: at {percent(p)} on {held_out:,} held-out reviews an accuracy has a standard error "
+        lines.append(f"- Without per-item predictions: at {percent(p)} on {held_out:,} held-out reviews an accuracy has a standard error "
                      f"of {error:.1f} points, a gap between two of {math.sqrt(2) * error:.1f}; smaller gaps are noise.")
     return lines
 
 
 PAIRED_NOTE = (
     f"Each interval is a 95% percentile interval of {RESAMPLES:,} bootstrap draws (seeded: the same files give the same numbers). "
-    "A verdict names a side only when its interval excludes 0; the reviews are drawn jointly for both arms (paired), "
-    "which is why a gap can be decided that is smaller than either accuracy's own interval."
+    "A verdict names a side only when its interval excludes 0; the items are drawn jointly for both arms (paired), "
+    "which is why a gap can be decided that is smaller than either accuracy's own interval. POS items are words, "
+    "resampled one by one (words of one sentence are not independent, so those intervals are somewhat too narrow)."
 )
 
 
@@ -303,7 +373,74 @@ def figure(runs: list[RunFiles], tag: str, x: str, title: str, ylabel: str):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curve_figure(by_arm: dict[str, ArmRuns]):
+    """The headline: held-out accuracy against the labelled reviews each approach learnt from, with 95% intervals.
+    None when no arm of the curve has predictions."""
+    series = [("library BERT, fine-tuned", curve_arms(by_arm, "bert"), "o-", "tab:blue"),
+              ("library decoder, fine-tuned", curve_arms(by_arm, "gpt"), "s-", "tab:red")]
+    prompted = [a for a in by_arm.values() if a.info.get("script") == "prompt" and a.info.get("kind", "").startswith("gpt")]
+    probes = {kind: [a for a in by_arm.values() if a.info.get("kind") == kind] for kind in ("probe_bert", "probe_gpt")}
+    series += [("library decoder, prompted (k labelled reviews in the prompt)", prompted, "D", "darkred"),
+               ("linear probe on frozen BERT (best layer)", probes["probe_bert"], "^", "tab:cyan"),
+               ("linear probe on frozen decoder (best layer)", probes["probe_gpt"], "v", "tab:orange"),
+               ("our MLM BERT, cloze", [a for a in by_arm.values() if a.info.get("kind") == "bert_mlm_cloze"], "P", "tab:green")]
+    drawn = []
+    for label, members, style, color in series:
+        points = []
+        for arm in members:
+            acc = arm.accuracy
+            if acc is None:
+                continue
+            size = arm.info.get("train_size")
+            x = arm.runs[0].metrics.get("prompt/shots", 0) if arm.info.get("script") == "prompt" else size
+            points.append((x, acc))
+        if points:
+            drawn.append((label, sorted(points, key=lambda p: p[0]), style, color))
+    if not drawn or all(x is None for _, points, _, _ in drawn for x, _ in points):
+        return None
+    fig, ax = pyplot().subplots(figsize=(8, 5), dpi=100)
+    for label, points, style, color in drawn:
+        xs = [x for x, _ in points if x is not None]
+        accs = [a for x, a in points if x is not None]
+        ax.errorbar(xs, [100 * a.mean for a in accs], yerr=[[100 * (a.mean - a.low) for a in accs], [100 * (a.high - a.mean) for a in accs]],
+                    fmt=style, color=color, capsize=3, markersize=5, label=label)
+    ax.set_xscale("symlog", linthresh=10)  # 0 (zero-shot) and a few demonstrations on one axis with thousands
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("labelled reviews learnt from (0: zero-shot)")
+    ax.set_ylabel("held-out accuracy (%), 95% interval")
+    ax.set_title("IMDB sentiment: accuracy against labelled data")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def probe_figure(runs: list[RunFiles]):
+    """Probe accuracy per layer (as a fraction of the model's depth), one panel per task, a line per model and pooling."""
+    probed = [r for r in runs if r.probes]
+    if not probed:
+        return None
+    tasks = [t for t in ITEMS if any(r.probes.get("task") == t for r in probed)]
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(6 * len(tasks), 4), dpi=100, squeeze=False)
+    styles = {"first": "-", "mean": "--", "last": ":", "word": "-"}
+    for ax, task in zip(axes[0], tasks):
+        for run in (r for r in probed if r.probes.get("task") == task):
+            p = run.probes
+            depth = [layer / max(p["n_layers"], 1) for layer in p["layers"]]
+            color = "tab:red" if run.info.get("kind", "").startswith("probe_gpt") else "tab:blue"
+            for pooling, accs in p["accuracy"].items():
+                ax.plot(depth, [100 * a for a in accs], styles.get(pooling, "-"), color=color, marker="o", markersize=3,
+                        label=f"{run.info.get('description', run.name)}: {pooling}")
+        ax.set_xlabel("layer / number of layers (0: the embeddings)")
+        ax.set_ylabel("probe accuracy on held-out items (%)")
+        ax.set_title(f"{task}: linear probe per layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -311,12 +448,21 @@ def figure(runs: list[RunFiles], tag: str, x: str, title: str, ylabel: str):
 def figures(runs: list[RunFiles]) -> dict[str, tuple[object, str]]:
     """file name -> (figure, caption), for the parts and series that have points."""
     made = {}
+    by_arm = arms([r for r in runs if r.info["part"] != "pretraining"])
+    curve = curve_figure(by_arm)
+    if curve is not None:
+        made["compare_curve.png"] = (curve, "held-out accuracy against labelled reviews, every approach")
+    probes = probe_figure(runs)
+    if probes is not None:
+        made["compare_probes.png"] = (probes, "linear probe accuracy per layer")
     for part in PARTS:
-        members = [r for r in runs if r.info["part"] == part]
-        if any(r.points("train/loss") for r in members):
-            made[f"compare_{part}_loss.png"] = (figure(members, "train/loss", "step", f"{part}: training loss", "train/loss"), "training loss")
-        if any(r.points("val/acc") for r in members):
-            made[f"compare_{part}_accuracy.png"] = (figure(members, "val/acc", "seconds", f"{part}: held-out accuracy", "val/acc"), "held-out accuracy vs wall time")
+        members = [r for r in runs if r.info["part"] == part and r.points("train/loss")]
+        first_seeds = [arm.runs[0] for arm in arms(members).values()]  # one line per arm: the legend stays readable
+        if first_seeds:
+            made[f"compare_{part}_loss.png"] = (figure(first_seeds, "train/loss", "step", f"{part}: training loss (first seed)", "train/loss"), "training loss")
+        if any(r.points("val/acc") for r in first_seeds):
+            made[f"compare_{part}_accuracy.png"] = (figure(first_seeds, "val/acc", "seconds", f"{part}: held-out accuracy", "val/acc"),
+                                                    "held-out accuracy vs wall time")
     pretraining = [r for r in runs if r.info["part"] == "pretraining"]
     if any(r.points("train/loss") for r in pretraining):
         made["compare_pretraining_loss.png"] = (figure(pretraining, "train/loss", "step", "pretraining loss", "train/loss"), "pretraining loss")
@@ -335,10 +481,13 @@ def shown(path: Path | str) -> str:
 def header(manifest: dict, folder: Path, regenerated_by: str | None) -> list[str]:
     m = manifest["machine"]
     gpu = f"GPU {m['gpu']}" if m.get("gpu") else "no GPU"
+    flags = f"; CPU flags {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else ""
+    precisions = ", ".join(sorted({r["precision"] for r in manifest["runs"].values() if r.get("precision")}))
     lines = [
         f"Generated by `{manifest['command']}` on {manifest['date']}, into `{shown(folder)}`.  ",
-        f"Machine: CPU {m['cpu']}{f' ({kind})' if (kind := m.get('cpu_kind')) else ''} ({m.get('cores', m.get('cpu_count'))} cores), {gpu}, "
-        f"{m['threads']} torch threads, torch {m['torch']}, Python {m['python']}{f'; precision {p}' if (p := m.get('precision')) else ''}.",
+        f"Machine: CPU {m['cpu']}{f' ({kind})' if (kind := m.get('cpu_kind')) else ''} ({m.get('cores', m.get('cpu_count'))} cores{flags}), {gpu}, "
+        f"{m['threads']} torch threads, torch {m['torch']}, Python {m['python']}"
+        f"{f'; fine-tuning precision {precisions}' if precisions else ''}.",
     ]
     if regenerated_by:
         lines[-1] += "  "
@@ -346,11 +495,27 @@ def header(manifest: dict, folder: Path, regenerated_by: str | None) -> list[str
     return lines
 
 
+def size_text(n, what: str) -> str:
+    return f"{n:,} {what}" if n is not None else f"all {what}"
+
+
 def budget_text(b: dict) -> str:
-    sizes = lambda n, what: f"{n:,} {what}" if n is not None else f"all {what}"  # noqa: E731
-    return (f"Every fine-tuning arm: {sizes(b['train_size'], 'training reviews')}, {sizes(b['val_size'], 'held-out reviews')}, "
-            f"batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s), max_length {b['max_length']}, "
-            f"{seed_text(b.get('seeds') or [b['seed']])}, validated every {b['val_check_interval']:g} epoch.")
+    if "scale" not in b:  # a compare from before the scales
+        return (f"Every fine-tuning arm: {size_text(b['train_size'], 'training reviews')}, {size_text(b['val_size'], 'held-out reviews')}, "
+                f"batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s), max_length {b['max_length']}, "
+                f"{seed_text(b.get('seeds') or [b['seed']])}.")
+    pos = b.get("pos") or {}
+    validation = f"validated every {b['val_check_interval']:g} epoch, the best checkpoint tested" if b.get("validate") else \
+        "no validation pass: each fine-tune is tested as it ends (nothing is picked on the held-out reviews)"
+    return (f"Scale `{b['scale']}`. Sentiment: every arm is tested on the same {size_text(b['val_size'], 'held-out reviews')} (the 9:1 split at "
+            f"random_state 2024); fine-tunes train on {size_text(b['train_size'], 'reviews')} (the learning curve also on "
+            f"{', '.join(f'{n:,}' for n in b['curve_sizes'])}; the decoder on {', '.join(size_text(n, '') .strip() for n in b['decoder_sizes'])}; "
+            f"the attention-direction arms on {size_text(b['direction_train_size'], '')}), probes on {size_text(b['probe_train_size'], '')}. "
+            f"POS: {size_text(pos.get('train_size'), 'training sentences')}, tested on the same {size_text(pos.get('test_size'), 'sentences')}. "
+            f"Batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s) (a curve point of n reviews: at least "
+            f"{b['curve_min_samples']:,} samples' worth of epochs), max_length {b['max_length']}, {validation}. {seed_text(b['seeds'])} for every "
+            f"seeded arm, the 135M decoder's fine-tunes the first {b['decoder_seeds']}; probes and zero-shot prompts are deterministic (one run). "
+            f"k-shot: {b['shots']} demonstrations of at most {b['demo_tokens']} tokens.")
 
 
 def seed_text(seeds: list[int]) -> str:
@@ -358,16 +523,43 @@ def seed_text(seeds: list[int]) -> str:
 
 
 NOTES = (
-    "Held-out acc and F1: the best checkpoint (by val/acc) tested on the held-out reviews. Train samples/s and tokens/s "
-    "(non-pad) count training only; train time sums the epochs without validation; wall time is the whole process "
-    "(loading, validation, test). Peak memory: allocated CUDA memory on a GPU, else the process's peak resident set. "
-    "The plots read each run's TensorBoard events; their time axis starts when the run's log opened (weights loaded)."
+    "Held-out acc and F1: each fine-tune tested on the held-out items. Train samples/s and tokens/s "
+    "(non-pad) count training only; train time sums the epochs; wall time is the whole process "
+    "(loading, tokenizing, training, test). Peak memory: allocated CUDA memory on a GPU, else the process's peak resident set."
 )
 
 
-def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[str, str], regenerated_by: str | None) -> str:
+def probe_table(runs: list[RunFiles]) -> str:
+    lines = ["| run | model | task | layers | trained on | best layer | best pooling | best acc | feature time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        p = r.probes
+        if not p:
+            continue
+        best = p["best"]
+        lines.append(f"| `{r.name}` | {r.info.get('description', '')} | {p['task']} | {p['n_layers']} | {p['n_train']:,} | {best['layer']} | "
+                     f"{best['pooling']} | {percent(best['acc'])} | {number(p.get('feature_seconds'))} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def prompt_table(runs: list[RunFiles]) -> str:
+    lines = ["| run | model | method | shots | held-out acc | F1 | predicted positive | items/s | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        m = r.metrics
+        lines.append(f"| `{r.name}` | {r.info.get('description', '')} | {m.get('prompt/method', 'n/a')} | {count(m.get('prompt/shots'))} | "
+                     f"{percent(m.get('test/acc'))} | {number(m.get('test/f1'))} | {percent(m.get('prompt/positive_rate'))} | "
+                     f"{number(m.get('prompt/samples_per_sec'))} | {number(r.info.get('wall_s'))} |")
+    return "\n".join(lines)
+
+
+def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[str, str], regenerated_by: str | None,
+             unfinished: list[str] | None = None) -> str:
     lines = header(manifest, folder, regenerated_by)
-    lines += ["", "# BERT vs GPT on IMDB sentiment, one budget", "", budget_text(manifest["budget"]), "", NOTES]
+    lines += ["", "# BERT vs GPT, measured", "", budget_text(manifest["budget"]), "", NOTES]
+    if unfinished:
+        lines += ["", f"**Incomplete:** {len(unfinished)} planned run(s) had not finished when this report was written: "
+                      f"{', '.join(f'`{n}`' for n in unfinished)}. Repeat the compare's command to resume them."]
+    if "compare_curve.png" in images:
+        lines += ["", "## Accuracy against labelled data", "", f"![{images['compare_curve.png']}](compare_curve.png)"]
     for part, title in PARTS.items():
         members = [r for r in runs if r.info["part"] == part]
         if not members:
@@ -381,19 +573,27 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
                       table(pretraining, PRETRAIN_COLUMNS), ""]
             lines += [f"![{images[name]}]({name})" for name in images if name == "compare_pretraining_loss.png"]
             lines += ["", "### Fine-tuning", ""]
-        lines += [table(members, FINETUNE_COLUMNS), ""]
+        trained = [r for r in members if r.info.get("script", "train") == "train"]
+        if trained:
+            lines += [table(trained, FINETUNE_COLUMNS), ""]
+        if part == "probes":
+            lines += [probe_table(members), ""]
+            lines += [f"![{images[name]}]({name})" for name in images if name == "compare_probes.png"]
+        prompted = [r for r in members if r.info.get("script") == "prompt"]
+        if prompted:
+            lines += [prompt_table(prompted), ""]
         lines += [f"![{images[name]}]({name})" for name in images if name.startswith(f"compare_{part}_")]
     by_arm = arms([r for r in runs if r.info["part"] != "pretraining"])
     intervals = interval_table(by_arm)
     if intervals:
         lines += ["", "## Held-out accuracy with 95% intervals", "",
-                  "Bootstrap over the held-out reviews (each run's `predictions.json`) and, for an arm run with several seeds, "
-                  "over its seeds: how far another draw of as many reviews (and seeds) could move the figure. With one seed, "
+                  "Bootstrap over the held-out items (each run's `predictions.json`) and, for an arm run with several seeds, "
+                  "over its seeds: how far another draw of as many items (and seeds) could move the figure. With one seed, "
                   "the seed's own noise is not in it.", "", intervals]
     summary = contrasts(by_arm, manifest["budget"]["val_size"])
     if summary:
         lines += ["", "## In short", "", *summary]
-    lines += ["", "## Runs", "", "Each run's folder holds its config (`.hydra/`), `output.log`, `metrics.json` and TensorBoard events.", ""]
+    lines += ["", "## Runs", "", "Each run's folder holds its config (`.hydra/`), `output.log`, `metrics.json` and, for a fine-tune, TensorBoard events.", ""]
     for r in runs:
         precision = f"{r.info['precision']}, " if r.info.get("precision") else ""
         lines.append(f"- `{r.name}` ({precision}{number(r.info.get('wall_s'))} s): `{r.info['command']}`")
@@ -420,10 +620,10 @@ def write_summary(folder: Path, text: str, made: dict) -> Path:
 def write_report(folder: Path, report_dir: Path, regenerated_by: str | None = None) -> Path:
     """Writes `report_dir/compare.md`, its PNGs and `folder/summary`; returns the report's path."""
     folder = Path(folder)
-    manifest, runs = read_compare(folder)
+    manifest, runs, unfinished = read_compare(folder)
     report_dir.mkdir(parents=True, exist_ok=True)
     made = figures(runs)
-    text = markdown(manifest, runs, folder, {name: caption for name, (_, caption) in made.items()}, regenerated_by)
+    text = markdown(manifest, runs, folder, {name: caption for name, (_, caption) in made.items()}, regenerated_by, unfinished)
     staged = []  # (temporary, final) pairs, renamed only once everything is written
     try:
         for name, (fig, _) in made.items():
