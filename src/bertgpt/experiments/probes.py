@@ -62,7 +62,7 @@ def load_backbone(folder: Path, device: torch.device) -> torch.nn.Module:
     from bertgpt.models.attention import register_with_transformers
 
     try:
-        model = AutoModel.from_pretrained(folder, output_hidden_states=True, attn_implementation=register_with_transformers())
+        model = AutoModel.from_pretrained(folder, output_hidden_states=True, dtype=torch.float32, attn_implementation=register_with_transformers())
     except (ValueError, OSError) as err:  # an architecture transformers does not know, missing weight files
         raise UserError(f"checkpoint={folder}: transformers' AutoModel cannot load it ({' '.join(str(err).split())[:200]}).") from err
     return model.to(device).eval()
@@ -177,14 +177,14 @@ def save_features(path: Path, key: str, features: dict[str, tuple[dict[str, np.n
 
 
 def load_features(path: Path, key: str) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]] | None:
-    """What `save_features` wrote for `key` ({split: ({pooling: fp32 features}, labels)}), or None."""
+    """What `save_features` wrote for `key` ({split: ({pooling: features as stored}, labels)}), or None."""
     if not path.is_file():
         return None
     with np.load(path) as stored:
         if str(stored["key"]) != key:
             return None
         fields = [name.split("/") for name in stored.files if "/" in name]
-        return {split: ({f: stored[f"{split}/{f}"].astype(np.float32) for s, f in fields if s == split and f != "labels"},
+        return {split: ({f: stored[f"{split}/{f}"] for s, f in fields if s == split and f != "labels"},
                         stored[f"{split}/labels"]) for split in {s for s, _ in fields}}
 
 
@@ -211,7 +211,8 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
         accuracy[pooling], interval[pooling] = [], []
         for layer in range(train_x.shape[0]):
             started = time.perf_counter()
-            predicted = fit_probe(train_x[layer], train_y, seed, C, max_iter).predict(test_pooled[pooling][layer])
+            fitted = fit_probe(train_x[layer].astype(np.float32), train_y, seed, C, max_iter)  # fp32 one layer at a time
+            predicted = fitted.predict(test_pooled[pooling][layer].astype(np.float32))
             result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed)
             accuracy[pooling].append(result.mean)
             interval[pooling].append([result.low, result.high])
