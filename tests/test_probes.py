@@ -70,6 +70,15 @@ def test_first_mean_and_last_read_the_real_tokens_under_either_padding(tiny_gpt2
         torch.testing.assert_close(pooled["last"][:, row], alone[:, 0, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_features_are_close_to_fp32(tiny_bert):
+    model = backbone(tiny_bert)
+    batch = PadCollator(0)([(torch.tensor([101, 7, 8, 9, 102]), 0), (torch.tensor([101, 10, 102]), 0)])
+    full, half = probes.hidden_states(model, batch), probes.hidden_states(model, batch, bf16=True)
+    assert half.dtype == torch.float32 and half.shape == full.shape == (3, 2, 5, 32)
+    assert not torch.equal(half, full)
+    torch.testing.assert_close(half, full, atol=0.1, rtol=0.05)
+
+
 def test_a_linear_label_is_found_and_shuffled_labels_are_chance():
     rng = np.random.default_rng(0)
     n, width = 600, 16
@@ -137,6 +146,7 @@ def test_cli_pos_probes_every_test_word(tiny_bert, brown_folder, tmp_path):
     (["task=nope"], "error: task=nope: unknown task. Choose one of pos, sentiment."),
     (["checkpoint=no-such-model"], "error: checkpoint=no-such-model: neither a bundled model"),
     (["checkpoint=run/checkpoints/last.ckpt"], "error: checkpoint=run/checkpoints/last.ckpt: a training checkpoint"),
+    (["precision=16-mixed"], "error: precision=16-mixed: choose one of 32-true, bf16-mixed"),
 ])
 def test_bad_input_is_one_error_line(args, message, tmp_path):
     result = run_script("probe", *args, f"hydra.run.dir={tmp_path / 'run'}")

@@ -37,6 +37,7 @@ POOLINGS = ("first", "mean", "last")  # a review's three summaries
 WORD = "word"  # a POS item's one "pooling": the word's first subword
 FEATURES_FORMAT = 1  # bump when what the cache holds changes
 PROGRESS_EVERY_S = 30.0
+PRECISIONS = ("32-true", "bf16-mixed")  # of the feature pass, as Lightning names them
 
 
 # ----- the backbone ------------------------------------------------------------------------------------------
@@ -89,12 +90,14 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.
 
 
 @torch.no_grad()
-def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(layers + 1, B, T, D) in fp32: the embeddings' output, then each block's. Positions count real tokens
-    only, so a left-padded review gets the positions it has alone, whatever the batch pads it to."""
+def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    """(layers + 1, B, T, D) in fp32: the embeddings' output, then each block's; `bf16`: computed under bf16
+    autocast, as training's bf16-mixed. Positions count real tokens only, so a left-padded review gets the
+    positions it has alone, whatever the batch pads it to."""
     mask = batch["attention_mask"]
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions)
+    with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions)
     layers = getattr(out, "hidden_states", None)
     if not layers:
         raise UserError(f"{type(model).__name__} returns no hidden states: probe a transformers model that does (output_hidden_states).")
@@ -109,7 +112,8 @@ def item_counts(split: TokenizedSplit, per_word: bool) -> np.ndarray:
     return (labelled[split.offsets[1:]] - labelled[split.offsets[:-1]]).numpy()
 
 
-def split_features(model, split: TokenizedSplit, collator, batch_size: int, per_word: bool, name: str = "") -> tuple[dict[str, np.ndarray], np.ndarray]:
+def split_features(model, split: TokenizedSplit, collator, batch_size: int, per_word: bool, name: str = "",
+                   bf16: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({pooling: (layers + 1, items, D)}, labels (items,)) of a split, items in the split's order (a POS split's
     words flat, sentence after sentence). Batches go longest first, to pad least, and are put back in order."""
     device = next(model.parameters()).device
@@ -122,7 +126,7 @@ def split_features(model, split: TokenizedSplit, collator, batch_size: int, per_
     for done in range(0, len(order), batch_size):
         chunk = order[done : done + batch_size]
         batch = collator([split[int(i)] for i in chunk])
-        hidden = hidden_states(model, {k: batch[k].to(device) for k in ("input_ids", "attention_mask")})
+        hidden = hidden_states(model, {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}, bf16)
         if per_word:
             tagged = batch["labels"] != IGNORE  # row by row: each sentence's words in order
             pooled = {WORD: hidden[:, tagged.to(device)]}
@@ -145,10 +149,10 @@ def split_features(model, split: TokenizedSplit, collator, batch_size: int, per_
 # ----- the cache ---------------------------------------------------------------------------------------------
 
 
-def features_key(folder: Path, task: str, splits: dict[str, TokenizedSplit]) -> str:
-    """What the features depend on: the weights (each file's name, size and time), the task and the very
-    token ids and labels of each split (so every data option that changes them changes the key)."""
-    h = hashlib.sha256(f"probe-features|v{FEATURES_FORMAT}|{folder.resolve()}|{task}".encode())
+def features_key(folder: Path, task: str, splits: dict[str, TokenizedSplit], precision: str) -> str:
+    """What the features depend on: the weights (each file's name, size and time), the task, the precision and
+    the very token ids and labels of each split (so every data option that changes them changes the key)."""
+    h = hashlib.sha256(f"probe-features|v{FEATURES_FORMAT}|{folder.resolve()}|{task}|{precision}".encode())
     for file in sorted(folder.iterdir()):
         if file.is_file():
             stat = file.stat()
@@ -241,11 +245,13 @@ def main(cfg, task: str) -> dict:
     """src/probe.py: probes.json, metrics.json and predictions.json of `cfg.checkpoint` on `task` in the run folder."""
     from bertgpt.pipeline import write_metrics
 
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"precision={cfg.precision}: choose one of {', '.join(PRECISIONS)} (the feature pass; default: what this machine trains in).")
     folder = checkpoint_folder(cfg.checkpoint)
     datamodule = build_datamodule(cfg)
     splits = {name: datamodule.splits[name] for name in ("train", "test")}
     per_word = splits["train"].token_labels is not None
-    key = features_key(folder, task, splits)
+    key = features_key(folder, task, splits, cfg.precision)
     path = features_path(key, cfg.data.get("cache_dir"))
     started = time.perf_counter()
     features = load_features(path, key)
@@ -255,9 +261,9 @@ def main(cfg, task: str) -> dict:
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = load_backbone(folder, device)
-        log.info("Features of %s on %s: %s examples, every layer", cfg.checkpoint, device, {k: len(v) for k, v in splits.items()})
-        collator, batch_size = datamodule.collator(), datamodule.hparams.eval_batch_size
-        features = {name: split_features(model, split, collator, batch_size, per_word, name) for name, split in splits.items()}
+        log.info("Features of %s on %s (%s): %s examples, every layer", cfg.checkpoint, device, cfg.precision, {k: len(v) for k, v in splits.items()})
+        collator, batch_size, bf16 = datamodule.collator(), datamodule.hparams.eval_batch_size, cfg.precision == "bf16-mixed"
+        features = {name: split_features(model, split, collator, batch_size, per_word, name, bf16) for name, split in splits.items()}
         save_features(path, key, features)
         features = load_features(path, key)  # as a rerun reads them (fp16), so that both give the same probes
         log.info("Features cached in %s", path)
@@ -274,7 +280,7 @@ def main(cfg, task: str) -> dict:
         "task": task, "checkpoint": str(cfg.checkpoint), "n_layers": n_layers,
         "n_train": len(features["train"][1]), "n_test": len(features["test"][1]), "layers": list(range(n_layers + 1)),
         "accuracy": results["accuracy"], "interval": results["interval"], "best": best,
-        "feature_seconds": feature_seconds, "probe_seconds": probe_seconds, "from_cache": from_cache,
+        "precision": str(cfg.precision), "feature_seconds": feature_seconds, "probe_seconds": probe_seconds, "from_cache": from_cache,
     }
     write_text(output_dir / "probes.json", json.dumps(report, indent=2) + "\n")
     predictions = {"labels": list(datamodule.labels), "label": features["test"][1].tolist(), "prediction": results["predictions"].tolist()}
