@@ -3,7 +3,7 @@ both run these, so the two behave the same: one config folder, one error policy 
 
     bertgpt-train model=bert trainer.devices=1        # = python src/train.py model=bert trainer.devices=1
     bertgpt-eval ckpt_path=...   bertgpt-predict ckpt_path=... text="..."   bertgpt-export ckpt_path=... out=DIR
-    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps
+    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps   bertgpt-probe checkpoint=... task=pos
 
 The configs come from the checkout's conf/ by absolute path: the scripts work from any folder. Each command
 imports what it runs only when it runs, so one command does not pay for the imports of another.
@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 
 from bertgpt import ROOT
-from bertgpt.cli import cli, verbatim_text_argument
+from bertgpt.cli import cli, fail, verbatim_text_argument
 
 CONF = str(ROOT / "conf")
 
@@ -102,3 +102,27 @@ def _attention_maps(cfg):
 def attention_maps():
     sys.argv = verbatim_text_argument(sys.argv)
     _attention_maps()
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="probe.yaml")
+@cli
+def _probe(cfg):
+    from hydra.core.hydra_config import HydraConfig
+
+    from bertgpt.experiments.probes import main as fit_probes
+
+    return fit_probes(cfg, HydraConfig.get().runtime.choices["task"])
+
+
+def probe():
+    check_task_argument(sys.argv[1:])
+    _probe()
+
+
+def check_task_argument(argv: list[str]) -> None:
+    """`task=<unknown>` as one `error:` line and exit 2; Hydra would report the missing group option over several
+    lines, with exit status 1."""
+    choices = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
+    for arg in argv:
+        if arg.startswith("task=") and arg.split("=", 1)[1] not in choices:
+            fail(f"{arg}: unknown task. Choose one of {', '.join(choices)}.")
