@@ -14,7 +14,7 @@ from bertgpt import ROOT
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-COMMANDS = ["train", "eval", "predict", "pretrain", "compare", "export", "attention-maps"]
+COMMANDS = ["train", "eval", "predict", "pretrain", "compare", "export", "attention-maps", "prompt"]
 
 
 def console_script(name: str, folder) -> str:

@@ -3,7 +3,7 @@ both run these, so the two behave the same: one config folder, one error policy 
 
     bertgpt-train model=bert trainer.devices=1        # = python src/train.py model=bert trainer.devices=1
     bertgpt-eval ckpt_path=...   bertgpt-predict ckpt_path=... text="..."   bertgpt-export ckpt_path=... out=DIR
-    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps
+    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps   bertgpt-prompt
 
 The configs come from the checkout's conf/ by absolute path: the scripts work from any folder. Each command
 imports what it runs only when it runs, so one command does not pay for the imports of another.
@@ -102,3 +102,11 @@ def _attention_maps(cfg):
 def attention_maps():
     sys.argv = verbatim_text_argument(sys.argv)
     _attention_maps()
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="prompt.yaml")
+@cli
+def prompt(cfg):
+    from bertgpt.experiments.prompting import main as score_prompts
+
+    return score_prompts(cfg)
