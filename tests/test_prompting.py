@@ -12,7 +12,7 @@ import torch
 from conftest import run_script, toy_reviews
 
 from bertgpt.data.reviews import IMDBDataModule
-from bertgpt.experiments.prompting import ChatPrompt, ChatScorer, ClozeScorer, balanced_demonstrations, score_all
+from bertgpt.experiments.prompting import ChatPrompt, ChatScorer, ClozeScorer, balanced_demonstrations, cut, score_all
 from bertgpt.models.library import load_tokenizer
 
 # SmolLM2's template in small: a default system turn unless the messages bring one.
@@ -159,7 +159,8 @@ def test_cli_writes_predictions_in_the_test_split_order_and_consistent_metrics(t
     assert "Answer tokens at the assistant's first position" in result.stdout + result.stderr
     predictions = json.loads((run / "predictions.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    test = IMDBDataModule(tiny_chat, path=str(toy_csv), val_size=16, max_length=32).raw_splits()["test"]
+    splits = IMDBDataModule(tiny_chat, path=str(toy_csv), val_size=16, max_length=32).raw_splits()  # as src/train.py splits
+    test, train = splits["test"], splits["train"]
     assert predictions["labels"] == ["negative", "positive"] and predictions["label"] == test.labels
     correct = [y == p for y, p in zip(predictions["label"], predictions["prediction"])]
     assert metrics["test/acc"] == pytest.approx(sum(correct) / 16) and metrics["test/samples"] == 16
@@ -169,11 +170,9 @@ def test_cli_writes_predictions_in_the_test_split_order_and_consistent_metrics(t
 
     # The same reviews, cut as the datamodule cuts them, scored directly: the CLI's predictions, review by review.
     tokenizer = load_tokenizer(tiny_chat)
-    train = IMDBDataModule(tiny_chat, path=str(toy_csv), val_size=16, max_length=32).raw_splits()["train"]
-    from bertgpt.experiments.prompting import cut
-
     picked = balanced_demonstrations(train.labels, 2, seed=3)
-    prompt = ChatPrompt(tokenizer, ["negative", "positive"], QUESTION, demonstrations=[(t, train.labels[i]) for t, i in zip(cut(tokenizer, [train.texts[i] for i in picked], 64), picked)])
+    demonstrations = list(zip(cut(tokenizer, [train.texts[i] for i in picked], 64), [train.labels[i] for i in picked]))
+    prompt = ChatPrompt(tokenizer, ["negative", "positive"], QUESTION, demonstrations=demonstrations)
     scorer = ChatScorer(chat_model(tiny_chat), prompt)
     assert scorer.scores(scorer.items(cut(tokenizer, test.texts, 32))).argmax(-1).tolist() == predictions["prediction"]
 

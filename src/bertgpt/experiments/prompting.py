@@ -112,9 +112,8 @@ class ChatScorer:
     """A causal LM's label-word logits at the assistant's first position, the prefix read from its cache."""
 
     def __init__(self, model, prompt: ChatPrompt):
-        self.model, self.prompt = model.eval(), prompt
-        self.device = next(model.parameters()).device
-        self.body, self.head = model.base_model, model.get_output_embeddings()
+        self.prompt, self.device = prompt, next(model.parameters()).device
+        self.body, self.head = model.eval().base_model, model.get_output_embeddings()
         self.cache = None
         if prompt.prefix:
             with torch.no_grad():
@@ -180,7 +179,7 @@ class ClozeScorer:
         ids, mask = (t.to(self.device) for t in right_padded(items, self.tokenizer.pad_token_id))
         at_mask = (ids == self.tokenizer.mask_token_id).int().argmax(1)  # the template's [MASK]; a review's own come later
         rows = torch.arange(len(items), device=self.device)
-        head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)  # BERT's / RoBERTa's MLM head
+        head = next((getattr(self.model, name) for name in ("cls", "lm_head") if hasattr(self.model, name)), None)  # BERT's, RoBERTa's
         if head is None:
             return self.model(input_ids=ids, attention_mask=mask).logits[rows, at_mask][:, self.word_ids].float()
         # The head on the [MASK] positions only: on every position it would be B x T x 30k logits.
@@ -201,7 +200,7 @@ def check_method(cfg, tokenizer) -> None:
         raise UserError(f"demo_tokens={cfg.demo_tokens}: a demonstration needs at least 8 tokens; 64 keeps the prompt short.")
     if cfg.method == "chat" and not getattr(tokenizer, "chat_template", None):
         kind = "a masked LM (it has a [MASK] token), not a chat decoder: use method=cloze" if tokenizer.mask_token else "a model without a chat template"
-        raise UserError(f"checkpoint={cfg.checkpoint} is {kind}; method=chat needs a decoder with one, such as checkpoint=smollm2-135m.")
+        raise UserError(f"checkpoint={cfg.checkpoint} is {kind}; method=chat needs a decoder with a chat template, such as checkpoint=smollm2-135m.")
     if cfg.method == "cloze":
         if tokenizer.mask_token is None:
             raise UserError(f"checkpoint={cfg.checkpoint} is a decoder with no [MASK] token: method=cloze needs a masked LM. Use method=chat, or {MLM_HINT}.")
@@ -235,9 +234,10 @@ def build_scorer(cfg, model, tokenizer, data_hparams, train_split):
         texts = cut(tokenizer, [train_split.texts[i] for i in picked], int(cfg.demo_tokens))
         demonstrations = [(text, train_split.labels[i]) for text, i in zip(texts, picked)]
     prompt = ChatPrompt(tokenizer, list(cfg.words), cfg.question, cfg.system, demonstrations)
-    log.info("Answer tokens at the assistant's first position: %s; prefix of %d tokens (%d demonstrations), cached once",
+    log.info("Answer tokens at the assistant's first position: %s; %s",
              ", ".join(f"{w!r} -> {tokenizer.convert_ids_to_tokens(i)!r} (id {i})" for w, i in zip(cfg.words, prompt.label_ids)),
-             len(prompt.prefix), len(demonstrations))
+             f"a prefix of {len(prompt.prefix)} tokens ({len(demonstrations)} demonstrations), its cache computed once"
+             if prompt.prefix else "no prefix shared by every review to cache")
     return ChatScorer(model, prompt)
 
 
