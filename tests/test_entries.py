@@ -14,7 +14,7 @@ from bertgpt import ROOT
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-COMMANDS = ["train", "eval", "predict", "pretrain", "compare", "export", "attention-maps", "probe"]
+COMMANDS = ["train", "eval", "predict", "pretrain", "compare", "export", "attention-maps", "probe", "prompt"]
 
 
 def console_script(name: str, folder) -> str:

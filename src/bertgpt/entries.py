@@ -3,7 +3,7 @@ both run these, so the two behave the same: one config folder, one error policy 
 
     bertgpt-train model=bert trainer.devices=1        # = python src/train.py model=bert trainer.devices=1
     bertgpt-eval ckpt_path=...   bertgpt-predict ckpt_path=... text="..."   bertgpt-export ckpt_path=... out=DIR
-    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps   bertgpt-probe checkpoint=... task=pos
+    bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps   bertgpt-probe checkpoint=... task=pos   bertgpt-prompt
 
 The configs come from the checkout's conf/ by absolute path: the scripts work from any folder. Each command
 imports what it runs only when it runs, so one command does not pay for the imports of another.
@@ -126,3 +126,11 @@ def check_task_argument(argv: list[str]) -> None:
     for arg in argv:
         if arg.startswith("task=") and arg.split("=", 1)[1] not in choices:
             fail(f"{arg}: unknown task. Choose one of {', '.join(choices)}.")
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="prompt.yaml")
+@cli
+def prompt(cfg):
+    from bertgpt.experiments.prompting import main as score_prompts
+
+    return score_prompts(cfg)
