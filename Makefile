@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,8 +45,12 @@ train-gpt: $(STAMP)  ## fine-tune the bundled SmolLM2-135M decoder (add ARGS="da
 pretrain: $(STAMP)  ## pretrain our BERT from random init on the review text: make pretrain ARGS="objective=clm" for our GPT
 	$(PY) src/pretrain.py $(ARGS)
 
-compare: $(STAMP)  ## BERT vs GPT under one budget (32 min on 2 CPU cores): reports/compare.md and its plots
+compare: $(STAMP)  ## BERT vs GPT, seeds and intervals (~80 min on an AVX2 2-core CPU; repeat to resume): reports/compare.md
 	$(PY) src/compare.py $(ARGS)
+
+compare-direction: $(STAMP)  ## the attention-direction pair on sentiment at 2,000 reviews, 3 seeds: reports/direction-2000/
+	$(PY) src/compare.py 'compare.arms=[bert_bi_cls,bert_causal_last]' compare.direction_train_size=2000 \
+	  hydra.run.dir=logs/compare/direction-2000 compare.report_dir=reports/direction-2000 $(ARGS)
 
 test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights)
 	$(PY) -m pytest $(ARGS)

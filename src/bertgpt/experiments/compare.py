@@ -167,6 +167,9 @@ def train_budget(b: dict, arm: Arm, seed: int, train_size: int | None, epochs: i
 
 
 def arm_train_size(b: dict, arm: Arm) -> int | None:
+    """How many training items (reviews, or POS sentences) an arm learns from: a POS fine-tune the POS budget's."""
+    if arm.task == "pos" and arm.script == "train":
+        return b["pos"]["train_size"]
     return {"direction": b["direction_train_size"], "probes": b["probe_train_size"]}.get(arm.part, b["train_size"])
 
 

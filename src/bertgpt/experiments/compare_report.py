@@ -22,6 +22,7 @@ import numpy as np
 
 from bertgpt import ROOT
 from bertgpt.errors import UserError
+from bertgpt.experiments.compare import clock
 from bertgpt.experiments.stats import (
     RESAMPLES,
     bootstrap_accuracy,
@@ -255,8 +256,8 @@ def trained_on(arm: ArmRuns) -> str:
     if info.get("script") == "prompt":
         shots = arm.runs[0].metrics.get("prompt/shots", 0)
         return f"{int(shots)} in the prompt" if shots else "0 (zero-shot)"
-    size = info.get("train_size")
-    return "all" if size is None else f"{size:,}"
+    size, unit = info.get("train_size"), "sentences" if info.get("task") == "pos" else "reviews"
+    return f"all {unit}" if size is None else f"{size:,} {unit}"
 
 
 def interval_table(by_arm: dict[str, ArmRuns]) -> str:
@@ -489,6 +490,11 @@ def header(manifest: dict, folder: Path, regenerated_by: str | None) -> list[str
         f"{m['threads']} torch threads, torch {m['torch']}, Python {m['python']}"
         f"{f'; fine-tuning precision {precisions}' if precisions else ''}.",
     ]
+    finished = sorted(r["finished"] for r in manifest["runs"].values() if r.get("finished"))
+    if finished:
+        total = sum(r.get("wall_s") or 0 for r in manifest["runs"].values())
+        lines[-1] += "  "
+        lines.append(f"Its runs finished between {finished[0]} and {finished[-1]}; their wall times add up to {clock(total)}.")
     if regenerated_by:
         lines[-1] += "  "
         lines.append(f"Report re-generated from those files by `{regenerated_by}` on {datetime.now().astimezone().isoformat(timespec='seconds')}.")
@@ -510,11 +516,11 @@ def budget_text(b: dict) -> str:
     return (f"Scale `{b['scale']}`. Sentiment: every arm is tested on the same {size_text(b['val_size'], 'held-out reviews')} (the 9:1 split at "
             f"random_state 2024); fine-tunes train on {size_text(b['train_size'], 'reviews')} (the learning curve also on "
             f"{', '.join(f'{n:,}' for n in b['curve_sizes'])}; the decoder on {', '.join(size_text(n, '') .strip() for n in b['decoder_sizes'])}; "
-            f"the attention-direction arms on {size_text(b['direction_train_size'], '')}), probes on {size_text(b['probe_train_size'], '')}. "
+            f"the attention-direction arms on {size_text(b['direction_train_size'], 'reviews')}), probes on {size_text(b['probe_train_size'], 'reviews')}. "
             f"POS: {size_text(pos.get('train_size'), 'training sentences')}, tested on the same {size_text(pos.get('test_size'), 'sentences')}. "
             f"Batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s) (a curve point of n reviews: at least "
             f"{b['curve_min_samples']:,} samples' worth of epochs), max_length {b['max_length']}, {validation}. {seed_text(b['seeds'])} for every "
-            f"seeded arm, the 135M decoder's fine-tunes the first {b['decoder_seeds']}; probes and zero-shot prompts are deterministic (one run). "
+            f"seeded arm, the 135M decoder's fine-tunes the first {b['decoder_seeds']} of them; probes and zero-shot prompts are deterministic (one run). "
             f"k-shot: {b['shots']} demonstrations of at most {b['demo_tokens']} tokens.")
 
 
@@ -596,7 +602,8 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
     lines += ["", "## Runs", "", "Each run's folder holds its config (`.hydra/`), `output.log`, `metrics.json` and, for a fine-tune, TensorBoard events.", ""]
     for r in runs:
         precision = f"{r.info['precision']}, " if r.info.get("precision") else ""
-        lines.append(f"- `{r.name}` ({precision}{number(r.info.get('wall_s'))} s): `{r.info['command']}`")
+        command = r.info["command"].replace(f"{ROOT}/", "")  # the run folder as the project's, not this machine's
+        lines.append(f"- `{r.name}` ({precision}{number(r.info.get('wall_s'))} s): `{command}`")
     return "\n".join(lines) + "\n"
 
 
