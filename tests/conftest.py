@@ -96,6 +96,38 @@ def tiny_gpt2(tmp_path_factory) -> str:
     return str(folder)
 
 
+# SmolLM2's template in small: a default system turn unless the messages bring one.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny assistant<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_QUESTION = "Is the sentiment of this movie review positive or negative?"
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory) -> str:
+    """A 2-layer Llama (rotary positions, grouped-query attention, as SmolLM2) with a byte-level BPE and a chat template."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    texts, _ = toy_reviews(400, seed=1)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts + [CHAT_QUESTION, "positive negative assistant user system"] * 20, vocab_size=500, min_frequency=1,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                         intermediate_size=80, max_position_embeddings=1024, rope_theta=1000.0, tie_word_embeddings=True, initializer_range=0.5,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def run_script(script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600,
                subprocess_: bool = False) -> subprocess.CompletedProcess:
     """Runs src/<script>.py as a user would, with these arguments, and returns its exit status and output.

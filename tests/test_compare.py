@@ -42,16 +42,17 @@ def list_override(key: str, values: list[str]) -> str:
     return f"{key}=[" + ",".join(json.dumps(v) for v in values) + "]"
 
 
-def arm_inputs(arm: str, tiny_bert: str, tiny_gpt2: str, toy_csv: Path, tagged: Path) -> list[str]:
+def arm_inputs(arm: str, tiny: dict[str, str], toy_csv: Path, tagged: Path) -> list[str]:
     """The tiny model and toy data an arm reads instead of the bundled ones (the controlled arms' weights are their
-    pretraining's export)."""
+    pretraining's export): a prompted decoder needs a chat template (tiny_chat), the others tiny_bert / tiny_gpt2."""
     spec = ARMS[arm]
     decoder = spec.decoder or spec.model.startswith("gpt")
-    weights = [] if spec.objective else [("checkpoint=" if spec.script != "train" else "model.net.checkpoint=") + (tiny_gpt2 if decoder else tiny_bert)]
+    model = tiny["chat"] if spec.script == "prompt" else tiny["gpt2"] if decoder else tiny["bert"]
+    weights = [] if spec.objective else [("checkpoint=" if spec.script != "train" else "model.net.checkpoint=") + model]
     return [*weights, f"data.path={tagged if spec.task == 'pos' else toy_csv}"]
 
 
-def tiny_overrides(tiny_bert: str, tiny_gpt2: str, toy_csv: Path, tmp_path: Path, arms: list[str]) -> list[str]:
+def tiny_overrides(tiny: dict[str, str], toy_csv: Path, tmp_path: Path, arms: list[str]) -> list[str]:
     """The smoke scale on the tiny fixtures: each arm's tiny model and toy data, a tiny text file and model for
     pretraining (whose vocabulary is the bundled BERT's)."""
     from test_tagging import tagged_sentences, write_columns
@@ -64,7 +65,7 @@ def tiny_overrides(tiny_bert: str, tiny_gpt2: str, toy_csv: Path, tmp_path: Path
     return [
         f"compare.arms=[{','.join(arms)}]", *TINY, f"hydra.run.dir={tmp_path / 'compare'}", f"compare.report_dir={tmp_path / 'reports'}",
         list_override("compare.pretrain.overrides", pretrain), "compare.scales.smoke.pos.train_size=32", "compare.scales.smoke.pos.val_size=8", "compare.scales.smoke.pos.test_size=16",
-        *(list_override(f"++compare.arm_overrides.{arm}", arm_inputs(arm, tiny_bert, tiny_gpt2, toy_csv, tagged)) for arm in arms),
+        *(list_override(f"++compare.arm_overrides.{arm}", arm_inputs(arm, tiny, toy_csv, tagged)) for arm in arms),
     ]
 
 
@@ -121,7 +122,12 @@ def check_images(report: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_compare(tiny_bert, tiny_gpt2, tmp_path_factory):
+def tiny(tiny_bert, tiny_gpt2, tiny_chat) -> dict[str, str]:
+    return {"bert": tiny_bert, "gpt2": tiny_gpt2, "chat": tiny_chat}
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tiny, tmp_path_factory):
     """The smoke scale's arms (those whose script is here) plus the learning curve's decoder and two direction arms,
     on the tiny fixtures: the tests below read what it left."""
     from conftest import write_csv
@@ -131,7 +137,7 @@ def tiny_compare(tiny_bert, tiny_gpt2, tmp_path_factory):
     scripts = {p.stem for p in (ROOT / "src").glob("*.py")}
     arms = [a for a in SMOKE_ARMS + ["gpt", "bert_bi_cls", "bert_causal_last"] if ARMS[a].script in scripts]
     started = time.perf_counter()
-    result = run_script("compare", *tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, tmp_path, arms))
+    result = run_script("compare", *tiny_overrides(tiny, toy_csv, tmp_path, arms))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path / "compare", tmp_path / "reports" / "compare.md", arms, result, time.perf_counter() - started
 
@@ -195,11 +201,11 @@ def test_every_sentiment_fine_tune_of_one_size_ran_under_one_budget(tiny_compare
 
 
 @pytest.mark.slow
-def test_a_repeated_compare_resumes_and_runs_nothing_again(tiny_compare, tiny_bert, tiny_gpt2, tmp_path):
+def test_a_repeated_compare_resumes_and_runs_nothing_again(tiny_compare, tiny, tmp_path):
     folder, report, arms, _, _ = tiny_compare
     before = {name: (folder / name / "metrics.json").stat().st_mtime_ns for name in run_names(folder)}
     toy_csv = folder.parent / "toy.csv"
-    overrides = [o for o in tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, folder.parent, arms) if not o.startswith("compare.report_dir=")]
+    overrides = [o for o in tiny_overrides(tiny, toy_csv, folder.parent, arms) if not o.startswith("compare.report_dir=")]
     result = run_script("compare", *overrides, f"compare.report_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{len(before)} of {len(before)} runs finished there already" in result.stdout + result.stderr
@@ -219,9 +225,9 @@ def test_report_only_rebuilds_the_same_tables(tiny_compare, tmp_path):
     assert not (tmp_path / "logs" / "compare").exists() or not any((tmp_path / "logs" / "compare").rglob("*.json"))
 
 
-def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny_bert, tiny_gpt2, toy_csv, tmp_path):
-    overrides = tiny_overrides(tiny_bert, tiny_gpt2, toy_csv, tmp_path, ["bert", "gpt"])
-    broken = list_override("++compare.arm_overrides.bert", ["model.net.checkpoint=" + tiny_bert, f"data.path={toy_csv}", "data.max_length=4"])
+def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny, toy_csv, tmp_path):
+    overrides = tiny_overrides(tiny, toy_csv, tmp_path, ["bert", "gpt"])
+    broken = list_override("++compare.arm_overrides.bert", ["model.net.checkpoint=" + tiny["bert"], f"data.path={toy_csv}", "data.max_length=4"])
     result = run_script("compare", *overrides, broken)
     assert result.returncode == 2, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
