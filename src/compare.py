@@ -2,8 +2,8 @@
 
     python src/compare.py                                   # what `make compare` runs: reports/compare.md
     python src/compare.py compare.arms=[bert,bert_scratch]  # a subset of the arms
-    python src/compare.py full=true                         # the whole data, on a GPU
-    python src/compare.py report_only=logs/compare/runs/<date>   # rewrite the report of a finished compare
+    python src/compare.py compare.scale=full                # the whole data, 5 seeds, on a GPU
+    python src/compare.py report_only=logs/compare/default   # rewrite the report from a compare folder's files
 """
 
 from bertgpt.entries import compare

@@ -143,7 +143,7 @@ def data_budget(b: dict, arm: Arm, train_size: int | None) -> list[str]:
     """The data options of a run: the same held-out items for every arm of a task."""
     if arm.task == "pos":
         pos = b["pos"]
-        sizes = {"train_size": train_size if arm.script == "probe" else pos["train_size"], "val_size": pos["val_size"], "test_size": pos["test_size"]}
+        sizes = {"train_size": train_size, "val_size": pos["val_size"], "test_size": pos["test_size"]}
     else:
         sizes = {"train_size": train_size, "val_size": b["val_size"]}
     return [*(f"data.{k}={hydra_value(v)}" for k, v in sizes.items()), f"data.max_length={b['max_length']}"]
