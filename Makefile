@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ compare: $(STAMP)  ## BERT vs GPT, seeds and intervals (~80 min on an AVX2 2-cor
 compare-direction: $(STAMP)  ## the attention-direction pair on sentiment at 2,000 reviews, 3 seeds: reports/direction-2000/
 	$(PY) src/compare.py 'compare.arms=[bert_bi_cls,bert_causal_last]' compare.direction_train_size=2000 \
 	  hydra.run.dir=logs/compare/direction-2000 compare.report_dir=reports/direction-2000 $(ARGS)
+
+compare-controlled: $(STAMP)  ## our BERT (MLM) vs our GPT (CLM) pretrained alike, fine-tuned from 3 checkpoints and random init, 3 seeds: reports/controlled/
+	$(PY) src/compare.py 'compare.arms=[pos_bert_mlm,pos_bert_random,pos_gpt_clm,pos_gpt_random,bert_mlm,bert_random,gpt_clm,gpt_random]' \
+	  hydra.run.dir=logs/compare/controlled compare.report_dir=reports/controlled $(ARGS)
 
 test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights)
 	$(PY) -m pytest $(ARGS)

@@ -244,6 +244,7 @@ def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny, to
     ("compare.arms=[]", "error: compare.arms=[]: empty."),
     ("compare.seeds=[1,x]", "error: compare.seeds=[1, 'x']: seeds are integers"),
     ("report_only=/nonexistent", "error: report_only=/nonexistent: not a compare folder (no compare.json)."),
+    ("compare.pretrain.checkpoints=[100,400]", "error: compare.pretrain.checkpoints=[100, 400]: distinct steps between 0 and compare.pretrain.steps=400"),
 ])
 def test_bad_options_are_one_error_line_and_leave_nothing(override, message, tmp_path):
     result = run_script("compare", override, f"paths.log_dir={tmp_path}", f"compare.report_dir={tmp_path / 'reports'}")
@@ -287,11 +288,16 @@ def test_the_default_scale_plans_each_arm_with_its_seeds_and_sizes(tmp_path):
 
 
 def test_controlled_arms_follow_their_pretraining_and_the_controls_take_random_weights(tmp_path):
-    commands = dry_run(tmp_path, f"compare.arms=[{','.join(CONTROLLED)},bert_mlm_cloze]", "compare.pretrain.steps=7", "compare.seeds=[1]")
-    assert list(commands) == ["pretrain_mlm", "bert_mlm", "pretrain_clm", "gpt_clm", "bert_random", "gpt_random", "bert_mlm_cloze"]
+    commands = dry_run(tmp_path, f"compare.arms=[{','.join(CONTROLLED)},bert_mlm_cloze]", "compare.pretrain.steps=7", "compare.pretrain.checkpoints=[3]",
+                       "compare.seeds=[1]")
+    assert list(commands) == ["pretrain_mlm", "bert_mlm_step3", "bert_mlm", "pretrain_clm", "gpt_clm_step3", "gpt_clm", "bert_random", "gpt_random",
+                              "bert_mlm_cloze"]
     for objective in ("mlm", "clm"):
-        assert f"objective={objective} trainer.max_steps=7 " in commands[f"pretrain_{objective}"]
+        args = shlex.split(commands[f"pretrain_{objective}"])
+        assert args[2:6] == [f"objective={objective}", "trainer.max_steps=7", "data.max_docs=null", "export_steps=[3]"]
     assert "pretrain_mlm/export " in commands["bert_mlm"] and "pretrained=false" not in commands["bert_mlm"]
+    # The checkpoint's fine-tune differs from the final export's in its weights only.
+    assert commands["bert_mlm_step3"].replace("export_step3", "export").replace("bert_mlm_step3", "bert_mlm") == commands["bert_mlm"]
     assert "pretrain_clm/export model.net.pretrained=false " in commands["gpt_random"]
     assert commands["bert_mlm_cloze"].startswith("python src/prompt.py checkpoint=") and "pretrain_mlm/export method=cloze" in commands["bert_mlm_cloze"]
 
@@ -306,7 +312,8 @@ def test_every_planned_command_composes_with_the_configs(tmp_path, monkeypatch):
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     commands = dry_run(tmp_path, f"compare.arms=[{','.join(ARMS)}]", "compare.seeds=[1]")
     scripts = {p.stem for p in (ROOT / "src").glob("*.py")}
-    assert len(commands) == len(ARMS) + 2 + 2  # the curve's two extra sizes for bert, two pretrainings
+    # the curve's two extra sizes for bert, two pretrainings, the four pretrained controlled fine-tunes at two checkpoints
+    assert len(commands) == len(ARMS) + 2 + 2 + 4 * 2
     for command in commands.values():
         script, *overrides = shlex.split(command)[1:]
         if Path(script).stem not in scripts:
@@ -444,7 +451,7 @@ def test_report_gives_intervals_and_paired_verdicts_from_the_runs_predictions(tm
 
 
 def test_seeds_run_each_arm_once_per_seed_and_the_report_reads_them_together(tmp_path):
-    commands = dry_run(tmp_path, "compare.seeds=[7,8]", "compare.arms=[bert,bert_mlm]", "compare.curve_sizes=[]")
+    commands = dry_run(tmp_path, "compare.seeds=[7,8]", "compare.arms=[bert,bert_mlm]", "compare.curve_sizes=[]", "compare.pretrain.checkpoints=[]")
     assert list(commands) == ["bert_seed7", "bert_seed8", "pretrain_mlm", "bert_mlm_seed7", "bert_mlm_seed8"]
     assert " seed=7 " in commands["bert_seed7"] and " seed=8 " in commands["bert_mlm_seed8"] and " seed=7 " in commands["pretrain_mlm"]
     # The report of such a compare: one row of intervals per arm, over its reviews and seeds.
@@ -471,3 +478,32 @@ def test_seeds_run_each_arm_once_per_seed_and_the_report_reads_them_together(tmp
     assert as_number(bert["95% from"]) < 53.33 - 100 * 1.96 * np.sqrt(0.5333 * 0.4667 / 300) * 0.9  # reviews and seeds: no narrower than reviews alone
     assert re.search(r"decoder vs BERT, bundled weights, both fine-tuned on 32 reviews: `gpt` 82.78% vs `bert` 53.33% held-out \(\+29.44 points; "
                      r"paired bootstrap over 300 reviews and 3 x 3 seeds: 95% interval \[\+2\d\.\d\d, \+3\d\.\d\d\] points, \*\*`gpt` better\*\*\)", text)
+
+
+def test_the_trend_over_pretraining_pairs_each_checkpoint_with_its_random_init_control(tmp_path):
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    fake_compare(folder)
+    manifest = json.loads((folder / "compare.json").read_text())
+    labels = np.random.default_rng(2).integers(0, 2, 400).tolist()
+    # MLM: 50% at random init, 51% after 10 steps (20 reviews lost, 24 gained: not decided), 75% after 20 (decided); CLM: no gain.
+    rights = {("bert_random", 0): slice(0, 200), ("bert_mlm_step10", 10): slice(20, 224), ("bert_mlm", 20): slice(0, 300),
+              ("gpt_random", 0): slice(0, 240), ("gpt_clm_step10", 10): slice(0, 240), ("gpt_clm", 20): slice(0, 241)}
+    for (name, step), right in rights.items():
+        source = name.split("_step")[0]
+        if name != source:
+            shutil.copytree(folder / source, folder / name)
+            manifest["runs"][name] = {**manifest["runs"][source], "arm": name}
+        fake_predictions(folder, name, right, labels)
+        manifest["runs"][name].update(objective="mlm" if "bert" in name else "clm", pretrained=step > 0, pretrain_step=step)
+    manifest["budget"]["pretrain_checkpoints"] = [10]
+    (folder / "compare.json").write_text(json.dumps(manifest))
+    text = write_report(folder, reports).read_text()
+    rows = {row["arm"].strip("`"): row for table in parse_tables(text) if "vs random init (paired, 95%)" in table[0] for row in table}
+    assert [rows[n]["steps"] for n in ("bert_random", "bert_mlm_step10", "bert_mlm")] == ["0", "10", "20"]
+    assert rows["bert_mlm_step10"]["held-out acc"] == "51.00%" and rows["bert_mlm_step10"]["vs random init (paired, 95%)"].endswith("no difference found")
+    assert rows["bert_mlm"]["vs random init (paired, 95%)"].startswith("+25.00 [+2") and rows["bert_mlm"]["vs random init (paired, 95%)"].endswith("pretrained better")
+    assert "- sentiment, MLM (our BERT): beats its random-init control from **20 steps** on (the fewest measured)." in text
+    assert "- sentiment, CLM (our GPT): does not beat its random-init control by more than the noise at any measured step (up to 20)." in text
+    assert "what 10 steps of MLM pretraining buy our BERT: `bert_mlm_step10` 51.00% vs `bert_random` 50.00%" in text
+    assert "GPT vs BERT after 10 pretraining steps each: `gpt_clm_step10` 60.00% vs `bert_mlm_step10` 51.00%" in text
+    assert "exported also after 10 steps" in text and "compare_trend.png" in check_images(reports / "compare.md")

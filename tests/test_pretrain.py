@@ -189,9 +189,15 @@ def test_export_loads_in_transformers_with_the_same_logits(objective, library, m
 def test_pretrain_then_fine_tune_from_the_export(objective, fine_tune, tmp_path, toy_csv):
     run = tmp_path / "pretrain"
     result = run_script("pretrain", f"objective={objective}", "trainer.max_steps=6", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
-                        "data.max_docs=60", "data.batch_size=4", "seed=1", f"hydra.run.dir={run}", *TINY_CLI)
+                        "data.max_docs=60", "data.batch_size=4", "seed=1", "export_steps=[3]", f"hydra.run.dir={run}", *TINY_CLI)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
+    # The export after step 3 is a whole model of its own, not the final weights.
+    assert metrics["exports"] == {"3": str(run / "export_step3")}
+    library = transformers.AutoModelForMaskedLM if objective == "mlm" else transformers.AutoModelForCausalLM
+    middle, end = (library.from_pretrained(run / folder) for folder in ("export_step3", "export"))
+    assert middle.config.to_diff_dict() | {"_name_or_path": ""} == end.config.to_diff_dict() | {"_name_or_path": ""}
+    assert not torch.equal(middle.get_input_embeddings().weight, end.get_input_embeddings().weight)
     for key in ("val/loss", "val/ppl", "val/token_acc", "train/samples_per_sec", "train/tokens_per_sec", "params/total"):
         assert 0 <= metrics[key] < float("inf"), key
     assert metrics["val/ppl"] == pytest.approx(2.718281828 ** metrics["val/loss"], rel=1e-4)
@@ -218,6 +224,7 @@ def test_pretrain_then_fine_tune_from_the_export(objective, fine_tune, tmp_path,
     (["objective=bert"], "error: objective=bert: unknown objective. Choose one of clm"),
     (["data.path=/nonexistent/reviews.txt"], "error: data.path=/nonexistent/reviews.txt: no such file."),
     (["trainer.max_steps=-1"], "error: trainer.max_steps=-1: set the budget in steps"),
+    (["trainer.max_steps=4", "export_steps=[2,4]"], "error: export_steps=[2, 4]: each is a step before the end of the budget"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args, message, tmp_path):
     result = run_script("pretrain", *args, f"hydra.run.dir={tmp_path / 'run'}")

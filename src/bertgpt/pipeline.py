@@ -37,9 +37,10 @@ def instantiate_list(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def build_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), **kwargs) -> L.Trainer:
+    """The Trainer of `cfg.trainer` with its loggers and callbacks, and `extra_callbacks` that the run builds itself."""
     loggers = instantiate_list(cfg.get("logger"))
-    callbacks = instantiate_list(cfg.get("callbacks"))
+    callbacks = [*instantiate_list(cfg.get("callbacks")), *extra_callbacks]
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)

@@ -126,9 +126,19 @@ def budget(cfg: DictConfig) -> dict:
     keys = ("scale", "train_size", "val_size", "curve_sizes", "decoder_sizes", "curve_min_samples", "direction_train_size", "probe_train_size", "batch_size",
             "lr", "warmup_ratio", "epochs", "max_length", "shots", "demo_tokens", "validate", "val_check_interval", "log_every_n_steps")
     values = {k: OmegaConf.to_object(c[k]) if OmegaConf.is_config(c[k]) else c[k] for k in keys}
-    values.update(pos=OmegaConf.to_object(c.pos), pretrain_steps=c.pretrain.steps, pretrain_docs=c.pretrain.docs, seeds=seeds(cfg),
-                  decoder_seeds=c.decoder_seeds, seed=seeds(cfg)[0])
+    chosen = seeds(cfg)
+    values.update(pos=OmegaConf.to_object(c.pos), pretrain_steps=c.pretrain.steps, pretrain_checkpoints=checkpoints(c.pretrain),
+                  pretrain_docs=c.pretrain.docs, seeds=chosen, decoder_seeds=c.decoder_seeds, seed=chosen[0])
     return values
+
+
+def checkpoints(pretrain: DictConfig) -> list[int]:
+    """The intermediate pretraining steps whose exports the controlled arms also fine-tune, in order."""
+    steps = list(pretrain.get("checkpoints") or [])
+    if any(not isinstance(n, int) or not 0 < n < pretrain.steps for n in steps) or len(set(steps)) != len(steps):
+        raise UserError(f"compare.pretrain.checkpoints={steps}: distinct steps between 0 and compare.pretrain.steps={pretrain.steps} "
+                        "(the end of the budget is always one), e.g. compare.pretrain.checkpoints=[100,200].")
+    return sorted(steps)
 
 
 def seeds(cfg: DictConfig) -> list[int]:
@@ -186,19 +196,25 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
     for name in arms:
         arm = ARMS[name]
         if arm.objective and not any(r.name == f"pretrain_{arm.objective}" for r in runs):
+            exports = [f"export_steps=[{','.join(map(str, b['pretrain_checkpoints']))}]"] if b["pretrain_checkpoints"] else []
             runs.append(Run(f"pretrain_{arm.objective}", "pretrain",
                             [f"objective={arm.objective}", f"trainer.max_steps={b['pretrain_steps']}",
-                             f"data.max_docs={hydra_value(b['pretrain_docs'])}", f"seed={b['seed']}", *cfg.compare.pretrain.overrides],
+                             f"data.max_docs={hydra_value(b['pretrain_docs'])}", *exports, f"seed={b['seed']}", *cfg.compare.pretrain.overrides],
                             "pretraining", PRETRAINING[arm.objective], {"objective": arm.objective}))
-        export = hydra_value(out / f"pretrain_{arm.objective}" / "export") if arm.objective else None
         arm_seeds = (b["seeds"][: b["decoder_seeds"]] if arm.decoder else b["seeds"]) if arm.seeded else [b["seeds"][0]]
         sizes = [arm_train_size(b, arm)] + (list(b["curve_sizes"]) if arm.curve else [])
         if arm.decoder and arm.script == "train":  # the decoder trains ~9x slower: its own sizes
             sizes = list(b["decoder_sizes"])
-        for size in sizes:
+        # A pretrained controlled fine-tune also starts from each intermediate export: the trend over pretraining.
+        # Its random-init control is step 0.
+        trend = arm.objective and arm.script == "train" and arm.pretrained
+        pretrain_steps = [*b["pretrain_checkpoints"], b["pretrain_steps"]] if trend else [b["pretrain_steps"] if arm.pretrained else 0]
+        for size, step in ((size, step) for step in pretrain_steps for size in sizes):
             curve_point = size != sizes[0]
-            label = f"{name}_n{size}" if curve_point else name
+            intermediate = step != pretrain_steps[-1]
+            label = f"{name}_n{size}" if curve_point else f"{name}_step{step}" if intermediate else name
             epochs = max(b["epochs"], math.ceil(b["curve_min_samples"] / size)) if curve_point else b["epochs"]
+            export = hydra_value(out / f"pretrain_{arm.objective}" / (f"export_step{step}" if intermediate else "export")) if arm.objective else None
             for seed in arm_seeds:
                 if arm.script == "train":
                     weights = [f"model.net.checkpoint={export}", *([] if arm.pretrained else ["model.net.pretrained=false"])] if export else []
@@ -211,7 +227,8 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
                     overrides = [f"checkpoint={export or arm.model}", *arm.options, *shots, *data_budget(b, arm, None), f"seed={seed}"]
                 run_name = label if len(arm_seeds) == 1 else f"{label}_seed{seed}"
                 info = {"arm": label, "kind": name, "seed": seed, "task": arm.task, "objective": arm.objective, "pretrained": arm.pretrained,
-                        "train_size": size if arm.script != "prompt" else 0, "epochs": epochs if arm.script == "train" else None}
+                        "train_size": size if arm.script != "prompt" else 0, "epochs": epochs if arm.script == "train" else None,
+                        **({"pretrain_step": step} if arm.objective else {})}
                 runs.append(Run(run_name, arm.script, [*overrides, *extra.get(name, [])], arm.part, arm.description, info))
     return runs
 

@@ -314,7 +314,57 @@ def pairs(by_arm: dict[str, ArmRuns]) -> list[tuple[str, str, str]]:
     if bert and "gpt_zeroshot" in by_arm:
         least = min(bert.values(), key=lambda a: a.info.get("train_size") or math.inf)
         found.append(("gpt_zeroshot", least.name, f"the decoder zero-shot vs BERT fine-tuned on {least.info.get('train_size'):,} reviews"))
+    for (task, objective), points in trend(by_arm).items():
+        for step, arm in points.items():
+            if step and 0 in points and arm.name.endswith(f"_step{step}"):  # the final export's pairs are in CONTRASTS
+                found.append((arm.name, points[0].name, f"what {step:,} steps of {objective.upper()} pretraining buy our "
+                              f"{'BERT' if objective == 'mlm' else 'GPT'}{', POS' if task == 'pos' else ''}"))
+    for (task, objective), points in trend(by_arm).items():
+        if objective == "clm":
+            for step, arm in points.items():
+                bert = trend(by_arm).get((task, "mlm"), {}).get(step)
+                if step and bert and arm.name.endswith(f"_step{step}"):
+                    found.append((arm.name, bert.name, f"GPT vs BERT after {step:,} pretraining steps each{', POS' if task == 'pos' else ''}"))
     return found + [(a, b, what) for a, b, what in CONTRASTS if a in by_arm and b in by_arm]
+
+
+def trend(by_arm: dict[str, ArmRuns]) -> dict[tuple[str, str], dict[int, ArmRuns]]:
+    """The controlled fine-tunes by (task, objective), keyed by the pretraining steps they started from (0: the
+    random-init control), fewest first."""
+    found: dict[tuple[str, str], dict[int, ArmRuns]] = {}
+    for arm in by_arm.values():
+        info = arm.info
+        if info.get("part") == "controlled" and info.get("script", "train") == "train" and info.get("pretrain_step") is not None:
+            found.setdefault((info.get("task", "sentiment"), info["objective"]), {})[info["pretrain_step"]] = arm
+    return {key: dict(sorted(points.items())) for key, points in sorted(found.items())}
+
+
+def trend_table(by_arm: dict[str, ArmRuns]) -> list[str]:
+    """Fine-tuned accuracy at each pretraining checkpoint against the random-init control (paired), and for each
+    task and objective the fewest steps that beat the control by more than the noise."""
+    lines = ["| task | pretraining | steps | arm | held-out acc | 95% interval | vs random init (paired, 95%) |", "|---|---|---|---|---|---|---|"]
+    found = []
+    for (task, objective), points in trend(by_arm).items():
+        control, first = points.get(0), None
+        for step, arm in points.items():
+            acc = arm.accuracy
+            if acc is None:
+                continue
+            gap = "the control" if step == 0 else "n/a"
+            if step and control is not None and control.correct is not None:
+                diff = paired_bootstrap(arm.correct, control.correct)
+                gap = f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}], {diff.verdict.replace('A better', 'pretrained better').replace('B better', 'random init better')}"
+                if diff.verdict == "A better" and first is None:
+                    first = step
+            lines.append(f"| {task} | {PRETRAINED[objective]} | {step:,} | `{arm.name}` | {percent(acc.mean)} | {percent(acc.low)} to {percent(acc.high)} | {gap} |")
+        if control is not None and len(points) > 1:
+            steps = max(points)
+            found.append(f"- {task}, {PRETRAINED[objective]}: " + (f"beats its random-init control from **{first:,} steps** on (the fewest measured)."
+                         if first else f"does not beat its random-init control by more than the noise at any measured step (up to {steps:,})."))
+    return [*lines, "", *found] if len(lines) > 2 else []
+
+
+PRETRAINED = {"mlm": "MLM (our BERT)", "clm": "CLM (our GPT)"}
 
 
 def contrasts(by_arm: dict[str, ArmRuns], held_out: int | None) -> list[str]:
@@ -362,6 +412,20 @@ def pyplot():
     return plt
 
 
+def label_panel(ax, xlabel: str, ylabel: str, title: str, **legend) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, **legend)
+
+
+def with_intervals(ax, xs: list, accs: list, **style) -> None:
+    """Accuracies (stats intervals) at xs, in percent, with their 95% intervals as error bars."""
+    ax.errorbar(xs, [100 * a.mean for a in accs], yerr=[[100 * (a.mean - a.low) for a in accs], [100 * (a.high - a.mean) for a in accs]],
+                capsize=3, markersize=5, **style)
+
+
 def figure(runs: list[RunFiles], tag: str, x: str, title: str, ylabel: str):
     """One line per run of `tag` against the step (x="step") or the seconds since its log opened (x="seconds")."""
     fig, ax = pyplot().subplots(figsize=(7, 4), dpi=100)
@@ -370,11 +434,7 @@ def figure(runs: list[RunFiles], tag: str, x: str, title: str, ylabel: str):
         if points:
             xs = [step if x == "step" else seconds for step, seconds, _ in points]
             ax.plot(xs, [v for _, _, v in points], marker="o" if len(points) < 30 else None, markersize=3, label=run.name)
-    ax.set_xlabel("step" if x == "step" else "wall time since the run's log opened (s)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    label_panel(ax, "step" if x == "step" else "wall time since the run's log opened (s)", ylabel, title)
     fig.tight_layout()
     return fig
 
@@ -408,15 +468,33 @@ def curve_figure(by_arm: dict[str, ArmRuns]):
     for label, points, style, color in drawn:
         xs = [x for x, _ in points if x is not None]
         accs = [a for x, a in points if x is not None]
-        ax.errorbar(xs, [100 * a.mean for a in accs], yerr=[[100 * (a.mean - a.low) for a in accs], [100 * (a.high - a.mean) for a in accs]],
-                    fmt=style, color=color, capsize=3, markersize=5, label=label)
+        with_intervals(ax, xs, accs, fmt=style, color=color, label=label)
     ax.set_xscale("symlog", linthresh=10)  # 0 (zero-shot) and a few demonstrations on one axis with thousands
     ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("labelled reviews learnt from (0: zero-shot)")
-    ax.set_ylabel("held-out accuracy (%), 95% interval")
-    ax.set_title("IMDB sentiment: accuracy against labelled data")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    label_panel(ax, "labelled reviews learnt from (0: zero-shot)", "held-out accuracy (%), 95% interval", "IMDB sentiment: accuracy against labelled data",
+                loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def trend_figure(by_arm: dict[str, ArmRuns]):
+    """Fine-tuned held-out accuracy against the pretraining steps the weights had (0: random init), one panel per
+    task, a line per objective; None with fewer than two points."""
+    lines = {key: [(step, arm.accuracy) for step, arm in points.items() if arm.accuracy is not None] for key, points in trend(by_arm).items()}
+    lines = {key: points for key, points in lines.items() if len(points) > 1}
+    if not lines:
+        return None
+    tasks = [t for t in ITEMS if any(task == t for task, _ in lines)]
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(6 * len(tasks), 4), dpi=100, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for (t, objective), points in lines.items():
+            if t != task:
+                continue
+            xs, accs = [x for x, _ in points], [a for _, a in points]
+            with_intervals(ax, xs, accs, fmt="o-" if objective == "mlm" else "s-", color="tab:blue" if objective == "mlm" else "tab:red",
+                           label=f"{PRETRAINED[objective]}, fine-tuned")
+        label_panel(ax, "pretraining steps before fine-tuning (0: random init)", "held-out accuracy (%), 95% interval",
+                    f"{task}: fine-tuned accuracy over pretraining")
     fig.tight_layout()
     return fig
 
@@ -437,11 +515,7 @@ def probe_figure(runs: list[RunFiles]):
             for pooling, accs in p["accuracy"].items():
                 ax.plot(depth, [100 * a for a in accs], styles.get(pooling, "-"), color=color, marker="o", markersize=3,
                         label=f"{run.info.get('description', run.name)}: {pooling}")
-        ax.set_xlabel("layer / number of layers (0: the embeddings)")
-        ax.set_ylabel("probe accuracy on held-out items (%)")
-        ax.set_title(f"{task}: linear probe per layer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        label_panel(ax, "layer / number of layers (0: the embeddings)", "probe accuracy on held-out items (%)", f"{task}: linear probe per layer")
     fig.tight_layout()
     return fig
 
@@ -453,6 +527,9 @@ def figures(runs: list[RunFiles]) -> dict[str, tuple[object, str]]:
     curve = curve_figure(by_arm)
     if curve is not None:
         made["compare_curve.png"] = (curve, "held-out accuracy against labelled reviews, every approach")
+    pretraining_trend = trend_figure(by_arm)
+    if pretraining_trend is not None:
+        made["compare_trend.png"] = (pretraining_trend, "fine-tuned accuracy over pretraining steps")
     probes = probe_figure(runs)
     if probes is not None:
         made["compare_probes.png"] = (probes, "linear probe accuracy per layer")
@@ -575,13 +652,20 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
         if pretraining:
             b = manifest["budget"]
             docs = f"the same {b['pretrain_docs']:,} documents" if b["pretrain_docs"] is not None else "all the same documents"
-            lines += ["### Pretraining", "", f"From random init, {b['pretrain_steps']:,} steps each on {docs}.", "",
+            saved = f", exported also after {', '.join(f'{n:,}' for n in b['pretrain_checkpoints'])} steps" if b.get("pretrain_checkpoints") else ""
+            lines += ["### Pretraining", "", f"From random init, {b['pretrain_steps']:,} steps each on {docs}{saved}.", "",
                       table(pretraining, PRETRAIN_COLUMNS), ""]
             lines += [f"![{images[name]}]({name})" for name in images if name == "compare_pretraining_loss.png"]
             lines += ["", "### Fine-tuning", ""]
         trained = [r for r in members if r.info.get("script", "train") == "train"]
         if trained:
             lines += [table(trained, FINETUNE_COLUMNS), ""]
+        if part == "controlled":
+            steps = trend_table(arms(trained))
+            if steps:
+                lines += ["### Over pretraining", "", "Each checkpoint fine-tuned like the final export; step 0 is the random-init control "
+                          "(the same config and tokenizer, no pretrained weights).", "", *steps, ""]
+                lines += [f"![{images[name]}]({name})" for name in images if name == "compare_trend.png"]
         if part == "probes":
             lines += [probe_table(members), ""]
             lines += [f"![{images[name]}]({name})" for name in images if name == "compare_probes.png"]

@@ -50,6 +50,19 @@ def export(model: LanguageModel, folder: Path) -> Path:
     return folder
 
 
+class ExportAt(L.Callback):
+    """Exports the model as it is after each of `steps` optimizer steps, into `<folder>/export_step<N>`: the
+    checkpoints whose fine-tuned accuracy shows the trend over pretraining (`make compare-controlled`)."""
+
+    def __init__(self, steps: list[int], folder: Path):
+        self.steps, self.folder, self.written = sorted(set(steps)), folder, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # counts optimizer steps: several micro-batches of one step export once
+        if step in self.steps and step not in self.written:
+            self.written[step] = str(export(pl_module, self.folder / f"export_step{step}"))
+
+
 def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
     """`objective=<unknown>` as one `error:` line and exit 2, like every other bad input. Hydra would
     report the missing group option itself, over several lines, with exit status 1."""
@@ -60,15 +73,20 @@ def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
 
 
 def pretrain(cfg: DictConfig) -> dict:
-    """Pretrain for trainer.max_steps, validate at the end, export, and write metrics.json."""
+    """Pretrain for trainer.max_steps, validate at the end, export (and at each of export_steps), and write metrics.json."""
     if not cfg.trainer.get("max_steps") or cfg.trainer.max_steps < 1:
         raise UserError(f"trainer.max_steps={cfg.trainer.get('max_steps')}: set the budget in steps, e.g. trainer.max_steps=2000.")
     if cfg.model.block_size < cfg.data.block_size:
         raise UserError(f"model.block_size={cfg.model.block_size} is below data.block_size={cfg.data.block_size}: set data.block_size, the model follows it.")
+    export_steps = list(cfg.get("export_steps") or [])
+    if any(not isinstance(n, int) or not 0 < n < cfg.trainer.max_steps for n in export_steps):
+        raise UserError(f"export_steps={export_steps}: each is a step before the end of the budget (0 < N < trainer.max_steps="
+                        f"{cfg.trainer.max_steps}), e.g. export_steps=[100,200]; the end itself is always exported, to export/.")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model: LanguageModel = hydra.utils.instantiate(cfg.model)
-    trainer = build_trainer(cfg)
+    exports = ExportAt(export_steps, Path(cfg.paths.output_dir))
+    trainer = build_trainer(cfg, extra_callbacks=[exports])
     total, _ = count_parameters(model)
     log.info("Pretraining %s (%s): %.1fM parameters. Output: %s", cfg.model.objective, OBJECTIVES[cfg.model.objective], total / 1e6, cfg.paths.output_dir)
     for logger in trainer.loggers:
@@ -80,6 +98,8 @@ def pretrain(cfg: DictConfig) -> dict:
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(scalars(trainer.callback_metrics))
     metrics["export"] = str(export(model, Path(cfg.paths.output_dir) / "export"))
+    if exports.written:
+        metrics["exports"] = {str(step): path for step, path in sorted(exports.written.items())}
     write_metrics(metrics, cfg.paths.output_dir)
     for name in ("val/loss", "val/ppl", "val/token_acc", "train/tokens_per_sec"):
         log.info("%s: %.4f", name, metrics.get(name, math.nan))
