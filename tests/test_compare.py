@@ -225,6 +225,26 @@ def test_report_only_rebuilds_the_same_tables(tiny_compare, tmp_path):
     assert not (tmp_path / "logs" / "compare").exists() or not any((tmp_path / "logs" / "compare").rglob("*.json"))
 
 
+@pytest.mark.slow
+def test_a_run_reproduces_with_its_own_command_and_a_changed_result_is_caught(tiny_compare, tmp_path):
+    folder, *_ = tiny_compare
+    result = run_script("compare", f"reproduce={folder / 'pos_bert_bi'}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "pos_bert_bi reproduced: predictions.json:prediction, test/acc, test/f1" in result.stdout
+    record = json.loads((folder / "reproduced" / "pos_bert_bi" / "reproduced.json").read_text())
+    assert record["identical"] and record["items"] > 0 and record["first"] == record["again"] and 0 < record["first"]["test/acc"] < 1
+    text = write_report(folder, tmp_path / "reports").read_text()
+    assert re.search(r"- `pos_bert_bi`, run again on .* test/acc 0\.\d{4} then 0\.\d{4}.*predictions: \*\*identical\*\*\.", text)
+    # A result that is not what the command gives: the re-run says so, naming the metric.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("reproduced"))
+    metrics = json.loads((copy / "pos_bert_bi" / "metrics.json").read_text())
+    (copy / "pos_bert_bi" / "metrics.json").write_text(json.dumps({**metrics, "test/acc": metrics["test/acc"] / 2}))
+    result = run_script("compare", f"reproduce={copy / 'pos_bert_bi'}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: pos_bert_bi did not reproduce: test/acc: "), result.stderr[-2000:]
+    assert not json.loads((copy / "reproduced" / "pos_bert_bi" / "reproduced.json").read_text())["identical"]
+
+
 def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny, toy_csv, tmp_path):
     overrides = tiny_overrides(tiny, toy_csv, tmp_path, ["bert", "gpt"])
     broken = list_override("++compare.arm_overrides.bert", ["model.net.checkpoint=" + tiny["bert"], f"data.path={toy_csv}", "data.max_length=4"])
@@ -244,6 +264,8 @@ def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny, to
     ("compare.arms=[]", "error: compare.arms=[]: empty."),
     ("compare.seeds=[1,x]", "error: compare.seeds=[1, 'x']: seeds are integers"),
     ("report_only=/nonexistent", "error: report_only=/nonexistent: not a compare folder (no compare.json)."),
+    ("reproduce=/nonexistent", "error: reproduce=/nonexistent: not a finished run of a compare"),
+    ("compare.shots=[0]", "error: compare.shots=[0]: the k of k-shot prompting, a positive integer or a list of them"),
     ("compare.pretrain.checkpoints=[100,400]", "error: compare.pretrain.checkpoints=[100, 400]: distinct steps between 0 and compare.pretrain.steps=400"),
 ])
 def test_bad_options_are_one_error_line_and_leave_nothing(override, message, tmp_path):
@@ -507,3 +529,23 @@ def test_the_trend_over_pretraining_pairs_each_checkpoint_with_its_random_init_c
     assert "what 10 steps of MLM pretraining buy our BERT: `bert_mlm_step10` 51.00% vs `bert_random` 50.00%" in text
     assert "GPT vs BERT after 10 pretraining steps each: `gpt_clm_step10` 60.00% vs `bert_mlm_step10` 51.00%" in text
     assert "exported also after 10 steps" in text and "compare_trend.png" in check_images(reports / "compare.md")
+
+
+def test_k_shot_prompts_run_at_each_k_and_each_is_paired_with_zero_shot(tmp_path):
+    commands = dry_run(tmp_path, "compare.arms=[gpt_zeroshot,gpt_kshot]", "compare.shots=[1,8]")
+    assert list(commands) == ["gpt_zeroshot", "gpt_kshot_k1", "gpt_kshot_k8"]
+    assert commands["gpt_kshot_k1"].replace("shots=1", "shots=8").replace("gpt_kshot_k1", "gpt_kshot_k8") == commands["gpt_kshot_k8"]
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    fake_compare(folder)
+    manifest = json.loads((folder / "compare.json").read_text())
+    labels = np.random.default_rng(3).integers(0, 2, 400).tolist()
+    for name, shots, right in (("gpt_zeroshot", 0, slice(0, 240)), ("gpt_kshot_k1", 1, slice(0, 244)), ("gpt_kshot_k8", 8, slice(0, 320))):
+        fake_run(folder, name, {"prompt/method": "chat", "prompt/shots": shots, "prompt/positive_rate": 0.5}, {})
+        fake_predictions(folder, name, right, labels)
+        manifest["runs"][name] = {"script": "prompt", "part": "prompting", "description": "library decoder, prompted", "command": "python src/prompt.py",
+                                  "arm": name, "kind": name.rsplit("_k", 1)[0] if "kshot" in name else name, "task": "sentiment", "train_size": 0}
+    (folder / "compare.json").write_text(json.dumps(manifest))
+    text = write_report(folder, reports).read_text()
+    assert "what 1 in-context demonstration buy the prompted decoder: `gpt_kshot_k1` 61.00% vs `gpt_zeroshot` 60.00%" in text
+    assert re.search(r"what 8 in-context demonstrations buy the prompted decoder: `gpt_kshot_k8` 80.00% vs `gpt_zeroshot` 60.00% .*\*\*`gpt_kshot_k8` better", text)
+    assert [row["shots"] for table in parse_tables(text) if "shots" in table[0] for row in table] == ["0", "1", "8"]

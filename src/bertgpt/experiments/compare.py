@@ -127,7 +127,10 @@ def budget(cfg: DictConfig) -> dict:
             "lr", "warmup_ratio", "epochs", "max_length", "shots", "demo_tokens", "validate", "val_check_interval", "log_every_n_steps")
     values = {k: OmegaConf.to_object(c[k]) if OmegaConf.is_config(c[k]) else c[k] for k in keys}
     chosen = seeds(cfg)
-    values.update(pos=OmegaConf.to_object(c.pos), pretrain_steps=c.pretrain.steps, pretrain_checkpoints=checkpoints(c.pretrain),
+    shots = values["shots"] if isinstance(values["shots"], list) else [values["shots"]]
+    if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
+        raise UserError(f"compare.shots={values['shots']}: the k of k-shot prompting, a positive integer or a list of them, e.g. compare.shots=[1,4,8].")
+    values.update(shots=list(dict.fromkeys(shots)), pos=OmegaConf.to_object(c.pos), pretrain_steps=c.pretrain.steps, pretrain_checkpoints=checkpoints(c.pretrain),
                   pretrain_docs=c.pretrain.docs, seeds=chosen, decoder_seeds=c.decoder_seeds, seed=chosen[0])
     return values
 
@@ -209,10 +212,14 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
         # Its random-init control is step 0.
         trend = arm.objective and arm.script == "train" and arm.pretrained
         pretrain_steps = [*b["pretrain_checkpoints"], b["pretrain_steps"]] if trend else [b["pretrain_steps"] if arm.pretrained else 0]
-        for size, step in ((size, step) for step in pretrain_steps for size in sizes):
+        # A k-shot prompt runs at each of compare.shots (<arm>_k<k> when there are several).
+        k_shot = arm.script == "prompt" and not any(o.startswith("shots=") for o in arm.options)
+        shot_counts = b["shots"] if k_shot else [None]
+        for size, step, shots in ((size, step, shots) for step in pretrain_steps for size in sizes for shots in shot_counts):
             curve_point = size != sizes[0]
             intermediate = step != pretrain_steps[-1]
             label = f"{name}_n{size}" if curve_point else f"{name}_step{step}" if intermediate else name
+            label += f"_k{shots}" if len(shot_counts) > 1 else ""
             epochs = max(b["epochs"], math.ceil(b["curve_min_samples"] / size)) if curve_point else b["epochs"]
             export = hydra_value(out / f"pretrain_{arm.objective}" / (f"export_step{step}" if intermediate else "export")) if arm.objective else None
             for seed in arm_seeds:
@@ -223,8 +230,8 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
                 elif arm.script == "probe":
                     overrides = [f"checkpoint={export or arm.model}", f"task={arm.task}", *data_budget(b, arm, size), f"seed={seed}"]
                 else:  # prompt
-                    shots = [] if any(o.startswith("shots=") for o in arm.options) else [f"shots={b['shots']}", f"demo_tokens={b['demo_tokens']}"]
-                    overrides = [f"checkpoint={export or arm.model}", *arm.options, *shots, *data_budget(b, arm, None), f"seed={seed}"]
+                    demos = [f"shots={shots}", f"demo_tokens={b['demo_tokens']}"] if k_shot else []
+                    overrides = [f"checkpoint={export or arm.model}", *arm.options, *demos, *data_budget(b, arm, None), f"seed={seed}"]
                 run_name = label if len(arm_seeds) == 1 else f"{label}_seed{seed}"
                 info = {"arm": label, "kind": name, "seed": seed, "task": arm.task, "objective": arm.objective, "pretrained": arm.pretrained,
                         "train_size": size if arm.script != "prompt" else 0, "epochs": epochs if arm.script == "train" else None,
@@ -366,10 +373,59 @@ def run_all(cfg: DictConfig, out: Path) -> Path:
     return report
 
 
+REPRODUCED = "reproduced"  # <compare dir>/reproduced/<run>/: a run again with its own command, and reproduced.json
+
+
+def measured(folder: Path) -> dict:
+    """What a run measured, as opposed to how fast: its test/* metrics, its probe's accuracy per layer, and its
+    per-item predictions."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    found = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, (int, float))}
+    for name, key in (("predictions.json", "prediction"), ("probes.json", "accuracy")):
+        if (folder / name).is_file():
+            found[f"{name}:{key}"] = json.loads((folder / name).read_text())[key]
+    return found
+
+
+def reproduce(run_folder: Path, heartbeat_s: float) -> dict:
+    """Runs a finished compare run again with the command compare.json recorded for it, into
+    `<compare dir>/reproduced/<run>`, and compares what the two measured; writes reproduced.json there.
+    Raises when they differ."""
+    run_folder = run_folder.expanduser().resolve()
+    manifest = run_folder.parent / MANIFEST
+    record = json.loads(manifest.read_text())["runs"].get(run_folder.name) if manifest.is_file() else None
+    if not record or not (run_folder / "metrics.json").is_file():
+        raise UserError(f"reproduce={run_folder}: not a finished run of a compare (its folder's compare.json has no such run, or it left no "
+                        "metrics.json). Name a run folder, e.g. reproduce=logs/compare/default/bert_seed2024.")
+    args = shlex.split(record["command"])[2:]
+    run = Run(run_folder.name, record["script"], [a for a in args if not a.startswith("hydra.run.dir=")], record["part"], record["description"])
+    again = run_folder.parent / REPRODUCED / run_folder.name
+    shutil.rmtree(again, ignore_errors=True)
+    log.info("Reproducing %s: %s", run_folder.name, run.command(again))
+    seconds = execute(run, again, heartbeat_s, time.perf_counter())
+    first, second = measured(run_folder), measured(again)
+    differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    items = len(first.get("predictions.json:prediction") or [])
+    result = {"run": run_folder.name, "command": run.command(again), "date": now(), "machine": machine(), "wall_s": seconds,
+              "compared": sorted(first), "items": items, "identical": not differ, "differ": differ,
+              "first": {k: v for k, v in first.items() if not k.endswith((":prediction", ":accuracy"))},
+              "again": {k: v for k, v in second.items() if not k.endswith((":prediction", ":accuracy"))}}
+    (again / "reproduced.json").write_text(json.dumps(result, indent=2) + "\n")
+    if differ:
+        shown = "; ".join(f"{k}: {first.get(k)!r:.40} then {second.get(k)!r:.40}" for k in differ)
+        raise UserError(f"{run_folder.name} did not reproduce: {shown}. Both runs: {run_folder} and {again}")
+    print(f"{run_folder.name} reproduced: {', '.join(sorted(first))} identical" + (f" ({items:,} predictions)" if items else "") + f". Re-run: {again}")
+    return result
+
+
 def compare(cfg: DictConfig, out: Path) -> Path:
-    """What src/compare.py does: the report of a finished compare folder (report_only=...), or a new compare in `out`."""
+    """What src/compare.py does: the report of a finished compare folder (report_only=...), a run of one re-run
+    (reproduce=...), or a new compare in `out`."""
     from bertgpt.experiments.compare_report import write_report
 
+    if cfg.get("reproduce"):
+        reproduce(Path(cfg.reproduce), cfg.compare.heartbeat_s)
+        return Path(cfg.reproduce)
     if cfg.report_only:
         report = write_report(Path(cfg.report_only).expanduser(), Path(cfg.compare.report_dir), regenerated_by=invocation())
         print(f"Report: {report}")

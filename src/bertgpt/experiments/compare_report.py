@@ -314,6 +314,10 @@ def pairs(by_arm: dict[str, ArmRuns]) -> list[tuple[str, str, str]]:
     if bert and "gpt_zeroshot" in by_arm:
         least = min(bert.values(), key=lambda a: a.info.get("train_size") or math.inf)
         found.append(("gpt_zeroshot", least.name, f"the decoder zero-shot vs BERT fine-tuned on {least.info.get('train_size'):,} reviews"))
+    for arm in by_arm.values():
+        if arm.info.get("kind") == "gpt_kshot" and arm.name != "gpt_kshot" and "gpt_zeroshot" in by_arm:  # gpt_kshot itself: CONTRASTS
+            shots = int(arm.runs[0].metrics.get("prompt/shots", 0))
+            found.append((arm.name, "gpt_zeroshot", f"what {shots} in-context demonstration{'s' * (shots != 1)} buy the prompted decoder"))
     for (task, objective), points in trend(by_arm).items():
         for step, arm in points.items():
             if step and 0 in points and arm.name.endswith(f"_step{step}"):  # the final export's pairs are in CONTRASTS
@@ -598,7 +602,7 @@ def budget_text(b: dict) -> str:
             f"Batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s) (a curve point of n reviews: at least "
             f"{b['curve_min_samples']:,} samples' worth of epochs), max_length {b['max_length']}, {validation}. {seed_text(b['seeds'])} for every "
             f"seeded arm, the 135M decoder's fine-tunes the first {b['decoder_seeds']} of them; probes and zero-shot prompts are deterministic (one run). "
-            f"k-shot: {b['shots']} demonstrations of at most {b['demo_tokens']} tokens.")
+            f"k-shot: {' or '.join(map(str, b['shots'] if isinstance(b['shots'], list) else [b['shots']]))} demonstrations of at most {b['demo_tokens']} tokens.")
 
 
 def seed_text(seeds: list[int]) -> str:
@@ -683,12 +687,29 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
     summary = contrasts(by_arm, manifest["budget"]["val_size"])
     if summary:
         lines += ["", "## In short", "", *summary]
+    reproduced = reproductions(folder)
+    if reproduced:
+        lines += ["", "## Re-run with the same command", "", *reproduced]
     lines += ["", "## Runs", "", "Each run's folder holds its config (`.hydra/`), `output.log`, `metrics.json` and, for a fine-tune, TensorBoard events.", ""]
     for r in runs:
         precision = f"{r.info['precision']}, " if r.info.get("precision") else ""
         command = r.info["command"].replace(f"{ROOT}/", "")  # the run folder as the project's, not this machine's
         lines.append(f"- `{r.name}` ({precision}{number(r.info.get('wall_s'))} s): `{command}`")
     return "\n".join(lines) + "\n"
+
+
+def reproductions(folder: Path) -> list[str]:
+    """A line per run of this compare that `src/compare.py reproduce=<run>` ran again: whether what it measured came
+    out the same."""
+    lines = []
+    for path in sorted(folder.glob("reproduced/*/reproduced.json")):
+        r = json.loads(path.read_text())
+        metrics = ", ".join(f"{k} {r['first'][k]:.4f} then {r['again'].get(k, math.nan):.4f}" for k in sorted(r["first"]) if k.startswith("test/"))
+        items = f"; its {r['items']:,} per-item predictions" if r.get("items") else ""
+        outcome = "**identical**" if r["identical"] else f"**different** ({', '.join(r['differ'])})"
+        lines.append(f"- `{r['run']}`, run again on {r['date']} on CPU {r['machine'].get('cpu')} by `python src/compare.py reproduce={shown(folder / r['run'])}`: "
+                     f"{metrics}{items}: {outcome}.")
+    return lines
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
