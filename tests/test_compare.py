@@ -167,7 +167,7 @@ def test_smoke_compare_reports_every_run_from_its_files(tiny_compare):
         acc = json.loads((folder / name / "metrics.json").read_text())["test/acc"]
         assert as_number(row["held-out acc"]) == pytest.approx(100 * acc, abs=6e-3)
         assert as_number(row["95% from"]) <= as_number(row["held-out acc"]) <= as_number(row["95% to"])
-    verdicts = re.findall(r"paired bootstrap over [\d,]+ (?:reviews|words): 95% interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] points, \*\*([^*]+)\*\*", text)
+    verdicts = re.findall(r"paired bootstrap over [\d,]+ (?:reviews|words in [\d,]+ sentences): 95% interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] points, \*\*([^*]+)\*\*", text)
     assert "what seeing the right context buys POS tagging: `pos_bert_bi`" in text
     assert "decoder vs BERT, bundled weights, both fine-tuned on 32 reviews: `gpt`" in text
     assert len(verdicts) >= 3 and set(verdicts) <= {"no difference found", *(f"`{a}` better" for a in names)}

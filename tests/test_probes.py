@@ -140,6 +140,7 @@ def test_cli_pos_probes_every_test_word(tiny_bert, brown_folder, tmp_path):
     assert report["task"] == "pos" and list(report["accuracy"]) == ["word"] and report["n_test"] == len(predictions["label"]) == words
     assert np.mean(np.equal(predictions["label"], predictions["prediction"])) == pytest.approx(report["best"]["acc"])
     assert predictions["labels"][:3] == ["NOUN", "VERB", "ADJ"]
+    assert predictions["words"] == [len(sentence) for sentence in dm.raw_splits()["test"]]  # the intervals draw whole sentences
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -87,6 +87,26 @@ def test_same_seed_same_numbers_and_a_new_seed_new_draws():
     assert paired_bootstrap(a, b, seed=11, resamples=1000).low != paired_bootstrap(a, b, seed=12, resamples=1000).low
 
 
+def test_whole_sentences_are_drawn_when_their_words_share_a_fate():
+    # 200 sentences of 10 words, each sentence all right or all wrong: 2,000 words but only 200 independent draws.
+    sentences = np.arange(200) % 2 == 0
+    words = np.repeat(sentences, 10).astype(float)
+    by_word = bootstrap_accuracy(words, resamples=4000, seed=3)
+    by_sentence = bootstrap_accuracy(words, resamples=4000, seed=3, groups=[10] * 200)
+    assert by_word.mean == by_sentence.mean == 0.5
+    assert by_word.high - by_word.mean == pytest.approx(1.96 * math.sqrt(0.25 / 2000), abs=0.004)  # 2.2 points
+    assert by_sentence.high - by_sentence.mean == pytest.approx(1.96 * math.sqrt(0.25 / 200), abs=0.008)  # 6.9 points
+    # Groups of one are the items themselves: the very same draws.
+    assert bootstrap_accuracy(words, resamples=500, seed=3, groups=[1] * 2000) == bootstrap_accuracy(words, resamples=500, seed=3)
+    # Sentences of unequal length: a draw's accuracy is its right words over its words.
+    a = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 1], dtype=float)
+    assert bootstrap_accuracy(a, resamples=200, groups=[3, 1, 6]).mean == pytest.approx(0.6)
+    diff = paired_bootstrap(np.stack([words] * 2), 1 - words, resamples=2000, groups=[10] * 200)
+    assert diff.mean == 0 and diff.low == pytest.approx(-2 * 1.96 * math.sqrt(0.25 / 200), abs=0.02) and diff.verdict == "no difference found"
+    with pytest.raises(UserError, match="groups cover 1990 items in 199 groups, but there are 2000 items"):
+        bootstrap_accuracy(words, groups=[10] * 199)
+
+
 def test_arms_on_different_items_are_refused():
     with pytest.raises(UserError, match="500 and 499 items"):
         paired_bootstrap(np.ones(500), np.ones(499))

@@ -235,10 +235,15 @@ class ArmRuns:
         return np.stack([r.correct for r in self.runs])
 
     @property
+    def groups(self) -> list[int] | None:
+        """The words of each test sentence (POS), drawn together by the bootstraps; None for reviews."""
+        return self.runs[0].predictions.get("words") if self.runs[0].predictions else None
+
+    @property
     def accuracy(self):
-        """The mean accuracy with its 95% bootstrap interval over items (and seeds); None without predictions."""
+        """The mean accuracy with its 95% bootstrap interval over items, or sentences (and seeds); None without predictions."""
         correct = self.correct
-        return None if correct is None else bootstrap_accuracy(correct)
+        return None if correct is None else bootstrap_accuracy(correct, groups=self.groups)
 
 
 def arms(runs: list[RunFiles]) -> dict[str, ArmRuns]:
@@ -289,10 +294,11 @@ def verdict(a: ArmRuns, b: ArmRuns) -> str | None:
         return None
     if a.runs[0].predictions["label"] != b.runs[0].predictions["label"]:
         return "not on the same held-out items, so no paired interval"
-    diff = paired_bootstrap(ca, cb)
+    diff = paired_bootstrap(ca, cb, groups=a.groups)
     found = {"A better": f"`{a.name}` better", "B better": f"`{b.name}` better"}.get(diff.verdict, diff.verdict)
     items = ITEMS.get(a.info.get("task", "sentiment"), "items")
-    over = f"{ca.shape[1]:,} {items}" + (f" and {len(ca)} x {len(cb)} seeds" if len(ca) > 1 or len(cb) > 1 else "")
+    over = f"{ca.shape[1]:,} {items}" + (f" in {len(a.groups):,} sentences" if a.groups else "") + \
+        (f" and {len(ca)} x {len(cb)} seeds" if len(ca) > 1 or len(cb) > 1 else "")
     return f"paired bootstrap over {over}: 95% interval [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] points, **{found}**"
 
 
@@ -356,7 +362,7 @@ def trend_table(by_arm: dict[str, ArmRuns]) -> list[str]:
                 continue
             gap = "the control" if step == 0 else "n/a"
             if step and control is not None and control.correct is not None:
-                diff = paired_bootstrap(arm.correct, control.correct)
+                diff = paired_bootstrap(arm.correct, control.correct, groups=arm.groups)
                 gap = f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}], {diff.verdict.replace('A better', 'pretrained better').replace('B better', 'random init better')}"
                 if diff.verdict == "A better" and first is None:
                     first = step
@@ -400,7 +406,7 @@ PAIRED_NOTE = (
     f"Each interval is a 95% percentile interval of {RESAMPLES:,} bootstrap draws (seeded: the same files give the same numbers). "
     "A verdict names a side only when its interval excludes 0; the items are drawn jointly for both arms (paired), "
     "which is why a gap can be decided that is smaller than either accuracy's own interval. POS items are words, "
-    "resampled one by one (words of one sentence are not independent, so those intervals are somewhat too narrow)."
+    "resampled sentence by sentence (the words of one sentence share its difficulty: drawn one by one, their intervals would be too narrow)."
 )
 
 

@@ -207,8 +207,9 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, seed: int, C: float = 1.
 
 
 def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[dict[str, np.ndarray], np.ndarray],
-                 seed: int, C: float = 1.0, max_iter: int = 2000, resamples: int = 10_000) -> dict:
-    """{"accuracy", "interval": {pooling: per layer}, "best": {pooling, layer, acc}, "predictions": the best's}."""
+                 seed: int, C: float = 1.0, max_iter: int = 2000, resamples: int = 10_000, groups: list[int] | None = None) -> dict:
+    """{"accuracy", "interval": {pooling: per layer}, "best": {pooling, layer, acc}, "predictions": the best's}. The
+    intervals resample the test items, or whole `groups` of them (a sentence's words)."""
     (train_pooled, train_y), (test_pooled, test_y) = train, test
     accuracy, interval, best, predictions = {}, {}, None, None
     for pooling, train_x in train_pooled.items():
@@ -217,7 +218,7 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
             started = time.perf_counter()
             fitted = fit_probe(train_x[layer].astype(np.float32), train_y, seed, C, max_iter)  # fp32 one layer at a time
             predicted = fitted.predict(test_pooled[pooling][layer].astype(np.float32))
-            result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed)
+            result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed, groups=groups)
             accuracy[pooling].append(result.mean)
             interval[pooling].append([result.low, result.high])
             log.info("Probe %s, layer %d/%d: test accuracy %.4f [%.4f, %.4f], %.1f s", pooling, layer, train_x.shape[0] - 1,
@@ -270,7 +271,8 @@ def main(cfg, task: str) -> dict:
     feature_seconds = time.perf_counter() - started
     started = time.perf_counter()
     probe = cfg.probe
-    results = probe_layers(features["train"], features["test"], cfg.seed, probe.C, probe.max_iter, probe.resamples)
+    words = item_counts(splits["test"], per_word).tolist() if per_word else None  # each test sentence's, for the intervals
+    results = probe_layers(features["train"], features["test"], cfg.seed, probe.C, probe.max_iter, probe.resamples, words)
     probe_seconds = time.perf_counter() - started
 
     output_dir = Path(cfg.paths.output_dir)
@@ -283,7 +285,8 @@ def main(cfg, task: str) -> dict:
         "precision": str(cfg.precision), "feature_seconds": feature_seconds, "probe_seconds": probe_seconds, "from_cache": from_cache,
     }
     write_text(output_dir / "probes.json", json.dumps(report, indent=2) + "\n")
-    predictions = {"labels": list(datamodule.labels), "label": features["test"][1].tolist(), "prediction": results["predictions"].tolist()}
+    predictions = {"labels": list(datamodule.labels), "label": features["test"][1].tolist(), "prediction": results["predictions"].tolist(),
+                   **({"words": words} if words else {})}
     write_text(output_dir / "predictions.json", json.dumps(predictions) + "\n")
     write_metrics({"test/acc": best["acc"], "test/samples": report["n_test"], "probe/best_layer": best["layer"],
                    "probe/best_pooling": best["pooling"], "probe/feature_seconds": feature_seconds,

@@ -8,6 +8,7 @@ randomness (the seed: head init, dropout, batch order). An arm is an array of pe
 - `bootstrap_accuracy`: the accuracy's interval from resampling the items, and the seeds when there are several.
 - `paired_bootstrap`: the difference A - B. The items are resampled jointly for both arms (paired: a hard review
   is hard for both, so the gap's noise is smaller than either accuracy's), the seeds within each arm.
+- Both bootstraps take `groups`: items that belong together (the words of one POS sentence) are drawn as a whole.
 
 Every bootstrap draws from `numpy.random.default_rng(seed)`: the same inputs and seed give the same numbers.
 Intervals are percentile intervals of `resamples` draws.
@@ -64,16 +65,36 @@ def as_runs(correct, name: str = "correct") -> np.ndarray:
     return x
 
 
-def resampled_means(arms: list[np.ndarray], resamples: int, seed: int) -> np.ndarray:
+def as_groups(groups, items: int) -> np.ndarray | None:
+    """The sizes of consecutive groups of items (a sentence's words), checked to cover the items exactly."""
+    if groups is None:
+        return None
+    sizes = np.asarray(groups, dtype=int)
+    if sizes.ndim != 1 or (sizes < 0).any() or sizes.sum() != items:
+        raise UserError(f"groups cover {int(sizes.sum())} items in {len(sizes)} groups, but there are {items} items: each group is a run of "
+                        "consecutive items (a sentence's words), every item in one.")
+    return sizes[sizes > 0]  # a group with no items (a sentence with no labelled word) weighs nothing in any draw
+
+
+def resampled_means(arms: list[np.ndarray], resamples: int, seed: int, groups=None) -> np.ndarray:
     """(resamples, len(arms)): each arm's mean correctness under one draw of the items (shared by all arms, so
     paired) and of each arm's own seeds. A draw is held as how often it took each item (or seed), so that a
-    resample is a weighted mean: one matmul per chunk instead of a gather per resample."""
+    resample is a weighted mean: one matmul per chunk instead of a gather per resample.
+
+    With `groups` (the sizes of consecutive runs of items: the words of each sentence) whole groups are drawn, and
+    the accuracy of a draw is its correct items over its items: words of one sentence share its difficulty, so
+    drawing them one by one would make the interval too narrow."""
     rng = np.random.default_rng(seed)
     items = arms[0].shape[1]
+    sizes = as_groups(groups, items)
     out = np.empty((resamples, len(arms)))
     for start in range(0, resamples, CHUNK):
         n = min(CHUNK, resamples - start)
-        item_weights = draw_counts(rng, n, items) / items  # (n, items)
+        if sizes is None:
+            item_weights = draw_counts(rng, n, items) / items  # (n, items)
+        else:
+            item_weights = np.repeat(draw_counts(rng, n, len(sizes)), sizes, axis=1)  # each item weighted as often as its group was drawn
+            item_weights /= item_weights.sum(axis=1, keepdims=True)
         for j, runs in enumerate(arms):
             per_seed = item_weights @ runs.T  # (n, seeds): each seed's accuracy on the drawn items
             seed_weights = draw_counts(rng, n, len(runs)) / len(runs) if len(runs) > 1 else np.ones((n, 1))
@@ -92,20 +113,22 @@ def percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bootstrap_accuracy(correct, confidence: float = 0.95, resamples: int = RESAMPLES, seed: int = 0) -> Interval:
-    """The mean accuracy of (seeds, items) correctness and its bootstrap interval over items (and seeds)."""
+def bootstrap_accuracy(correct, confidence: float = 0.95, resamples: int = RESAMPLES, seed: int = 0, groups=None) -> Interval:
+    """The mean accuracy of (seeds, items) correctness and its bootstrap interval over items, or over `groups` of
+    them (and seeds)."""
     runs = as_runs(correct)
-    draws = resampled_means([runs], resamples, seed)[:, 0]
+    draws = resampled_means([runs], resamples, seed, groups)[:, 0]
     return Interval(float(runs.mean()), *percentiles(draws, confidence))
 
 
-def paired_bootstrap(a, b, confidence: float = 0.95, resamples: int = RESAMPLES, seed: int = 0) -> Difference:
+def paired_bootstrap(a, b, confidence: float = 0.95, resamples: int = RESAMPLES, seed: int = 0, groups=None) -> Difference:
     """Accuracy of A minus B, both (seeds, items) over the same items in the same order (the seed counts may
-    differ), with its paired bootstrap interval and a verdict: a side is better only if the interval excludes 0."""
+    differ), with its paired bootstrap interval (over items, or over `groups` of them) and a verdict: a side is
+    better only if the interval excludes 0."""
     a, b = as_runs(a, "arm A"), as_runs(b, "arm B")
     if a.shape[1] != b.shape[1]:
         raise UserError(f"arms A and B were tested on {a.shape[1]} and {b.shape[1]} items: a paired comparison needs the same held-out items.")
-    draws = resampled_means([a, b], resamples, seed)
+    draws = resampled_means([a, b], resamples, seed, groups)
     low, high = percentiles(draws[:, 0] - draws[:, 1], confidence)
     verdict = "A better" if low > 0 else "B better" if high < 0 else "no difference found"
     return Difference(float(a.mean() - b.mean()), low, high, verdict)
