@@ -318,6 +318,9 @@ def test_controlled_arms_follow_their_pretraining_and_the_controls_take_random_w
         args = shlex.split(commands[f"pretrain_{objective}"])
         assert args[2:6] == [f"objective={objective}", "trainer.max_steps=7", "data.max_docs=null", "export_steps=[3]"]
     assert "pretrain_mlm/export " in commands["bert_mlm"] and "pretrained=false" not in commands["bert_mlm"]
+    # Weights from scratch or nearly: the controlled arms fine-tune at their own lr, the others at compare.lr.
+    assert " model.lr=0.0005 " in commands["bert_random"] and " model.lr=0.0005 " in commands["gpt_clm"]
+    assert " model.lr=5e-05 " in dry_run(tmp_path, "compare.arms=[bert]", "compare.seeds=[1]", "compare.curve_sizes=[]")["bert"]
     # The checkpoint's fine-tune differs from the final export's in its weights only.
     assert commands["bert_mlm_step3"].replace("export_step3", "export").replace("bert_mlm_step3", "bert_mlm") == commands["bert_mlm"]
     assert "pretrain_clm/export model.net.pretrained=false " in commands["gpt_random"]

@@ -124,7 +124,7 @@ def budget(cfg: DictConfig) -> dict:
     """The budget of this compare (its scale's values with the command line's overrides), as the report shows it."""
     c = cfg.compare
     keys = ("scale", "train_size", "val_size", "curve_sizes", "decoder_sizes", "curve_min_samples", "direction_train_size", "probe_train_size", "batch_size",
-            "lr", "warmup_ratio", "epochs", "max_length", "shots", "demo_tokens", "validate", "val_check_interval", "log_every_n_steps")
+            "lr", "controlled_lr", "warmup_ratio", "epochs", "max_length", "shots", "demo_tokens", "validate", "val_check_interval", "log_every_n_steps")
     values = {k: OmegaConf.to_object(c[k]) if OmegaConf.is_config(c[k]) else c[k] for k in keys}
     chosen = seeds(cfg)
     shots = values["shots"] if isinstance(values["shots"], list) else [values["shots"]]
@@ -169,7 +169,7 @@ def train_budget(b: dict, arm: Arm, seed: int, train_size: int | None, epochs: i
         *([f"task={arm.task}"] if arm.task != "sentiment" else []),
         *data_budget(b, arm, train_size),
         f"data.batch_size={b['batch_size']}",
-        f"model.lr={b['lr']}",
+        f"model.lr={b['controlled_lr'] if arm.part == 'controlled' and b['controlled_lr'] else b['lr']}",
         f"model.warmup_ratio={b['warmup_ratio']}",
         f"trainer.max_epochs={epochs}",
         *validation,

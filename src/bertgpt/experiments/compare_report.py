@@ -605,7 +605,7 @@ def budget_text(b: dict) -> str:
             f"{', '.join(f'{n:,}' for n in b['curve_sizes'])}; the decoder on {', '.join(size_text(n, '') .strip() for n in b['decoder_sizes'])}; "
             f"the attention-direction arms on {size_text(b['direction_train_size'], 'reviews')}), probes on {size_text(b['probe_train_size'], 'reviews')}. "
             f"POS: {size_text(pos.get('train_size'), 'training sentences')}, tested on the same {size_text(pos.get('test_size'), 'sentences')}. "
-            f"Batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s) (a curve point of n reviews: at least "
+            f"Batch {b['batch_size']}, lr {b['lr']:g}{f' (the controlled arms {lr:g})' if (lr := b.get('controlled_lr')) else ''} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s) (a curve point of n reviews: at least "
             f"{b['curve_min_samples']:,} samples' worth of epochs), max_length {b['max_length']}, {validation}. {seed_text(b['seeds'])} for every "
             f"seeded arm, the 135M decoder's fine-tunes the first {b['decoder_seeds']} of them; probes and zero-shot prompts are deterministic (one run). "
             f"k-shot: {' or '.join(map(str, b['shots'] if isinstance(b['shots'], list) else [b['shots']]))} demonstrations of at most {b['demo_tokens']} tokens.")
