@@ -62,13 +62,13 @@ class Arm:
 BERT, DECODER = "all-minilm-l6-v2", "smollm2-135m"  # the bundled checkpoints
 
 
-def direction(mask: str, pooling: str, task: str = "sentiment") -> Arm:
-    """Our BERT on the bundled MiniLM weights under a bidirectional or causal mask: only the mask (and the pooled
-    token) differs between these arms."""
+def direction(mask: str, pooling: str | None = None, task: str = "sentiment") -> Arm:
+    """Our BERT on the bundled MiniLM weights under a bidirectional or causal mask: only the mask (and, for a
+    sequence label, the pooled token) differs between these arms. A tagger reads every token: no pooling."""
     causal = mask == "causal"
-    what = f"our BERT, {mask} mask" + (f", {pooling} pooling" if task == "sentiment" else "")
+    what = f"our BERT, {mask} mask" + (f", {pooling} pooling" if pooling else "")
     options = ("model=bert_scratch", f"model.net.causal={str(causal).lower()}")
-    return Arm("direction", "bert_scratch", what, task=task, options=options + ((f"model.net.pooling={pooling}",) if task == "sentiment" else ()))
+    return Arm("direction", "bert_scratch", what, task=task, options=options + ((f"model.net.pooling={pooling}",) if pooling else ()))
 
 
 ARMS = {
@@ -79,8 +79,8 @@ ARMS = {
     "pos_bert": Arm("practical", "bert", "library BERT", task="pos"),
     "pos_gpt": Arm("practical", "gpt", "library decoder", task="pos", decoder=True),
     **{f"bert_{mask}_{pooling}": direction(mask, pooling) for mask in ("bi", "causal") for pooling in ("cls", "mean", "last")},
-    "pos_bert_bi": direction("bi", "first", "pos"),
-    "pos_bert_causal": direction("causal", "first", "pos"),
+    "pos_bert_bi": direction("bi", task="pos"),
+    "pos_bert_causal": direction("causal", task="pos"),
     "probe_bert": Arm("probes", BERT, "library BERT, frozen", script="probe", seeded=False),
     "probe_gpt": Arm("probes", DECODER, "library decoder, frozen", script="probe", seeded=False, decoder=True),
     "probe_bert_pos": Arm("probes", BERT, "library BERT, frozen", task="pos", script="probe", seeded=False),
