@@ -17,7 +17,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ compare-direction: $(STAMP)  ## the attention-direction pair on sentiment at 2,0
 compare-controlled: $(STAMP)  ## our BERT (MLM) vs our GPT (CLM) pretrained alike, fine-tuned from 3 checkpoints and random init, 3 seeds: reports/controlled/
 	$(PY) src/compare.py 'compare.arms=[pos_bert_mlm,pos_bert_random,pos_gpt_clm,pos_gpt_random,bert_mlm,bert_random,gpt_clm,gpt_random]' \
 	  hydra.run.dir=logs/compare/controlled compare.report_dir=reports/controlled $(ARGS)
+
+compare-prompting: $(STAMP)  ## the decoder prompted with 0, 1, 2, 4 and 8 demonstrations, on the default scale's 500 held-out reviews: reports/prompting/
+	$(PY) src/compare.py 'compare.arms=[gpt_zeroshot,gpt_kshot]' 'compare.shots=[1,2,4,8]' \
+	  hydra.run.dir=logs/compare/prompting compare.report_dir=reports/prompting $(ARGS)
 
 reproduce: $(STAMP)  ## run one compare run again with its own command and check its numbers: make reproduce RUN=logs/compare/default/bert_seed2024
 	$(PY) src/compare.py reproduce=$(RUN) $(ARGS)

@@ -16,6 +16,13 @@ import torch
 
 from bertgpt import ROOT
 
+# Under pytest-xdist (`make test` runs TEST_WORKERS workers) each worker, and every script it starts, takes an equal
+# share of the cores: workers that each used all of them would oversubscribe OpenMP, whose threads spin on each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)
+
 POSITIVE = "great wonderful superb moving brilliant delightful charming masterpiece loved excellent".split()
 NEGATIVE = "awful boring dull terrible waste painful clumsy dreadful hated worst".split()
 NEUTRAL = "the film movie plot actor scene story director camera music ending cast".split()
