@@ -159,9 +159,9 @@ def load_predictor(path: str | None) -> Predictor:
 
 def check_max_length(max_length: int, tokenizer) -> int:
     """`max_length=...` if the model takes that many tokens (the datamodule's rule for data.max_length)."""
-    limit = tokenizer.model_max_length
-    if max_length < 8 or (limit < 1_000_000 and max_length > limit):
-        raise UserError(f"max_length={max_length}: use 8 to {limit if limit < 1_000_000 else 'the model limit'} tokens, or null for the checkpoint's.")
+    limit = tokenize.model_limit(tokenizer)
+    if max_length < 8 or (limit and max_length > limit):
+        raise UserError(f"max_length={max_length}: use 8 to {limit or 'the model limit'} tokens, or null for the checkpoint's.")
     return max_length
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bertgpt.data.collate import IGNORE, PadCollator  # noqa: F401  (IGNORE: where the tests import it)
+from bertgpt.data.tokenize import model_limit
 from bertgpt.errors import UserError
 from bertgpt.models.hub import default_cache_dir
 from bertgpt.models.library import load_tokenizer
@@ -141,8 +142,8 @@ class TokenDataModule(L.LightningDataModule):
     def tokenizer(self):
         if self._tokenizer is None:
             self._tokenizer = self.load_tokenizer()
-            limit = self._tokenizer.model_max_length
-            if limit < 1_000_000 and self.hparams.max_length > limit:
+            limit = model_limit(self._tokenizer)
+            if limit and self.hparams.max_length > limit:
                 raise UserError(f"data.max_length={self.hparams.max_length} is above this model's limit of {limit} tokens. Use at most {limit}.")
         return self._tokenizer
 

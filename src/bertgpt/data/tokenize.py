@@ -77,6 +77,13 @@ def batch_ids(tokenizer, texts: list[str], max_length: int | None = None, add_sp
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
 
 
+def model_limit(tokenizer) -> int | None:
+    """The most tokens the tokenizer's model takes; None when its config does not say (transformers then reports
+    a huge sentinel, int(1e30))."""
+    limit = tokenizer.model_max_length
+    return limit if limit < 1_000_000 else None
+
+
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a text ([CLS] / [SEP] for BERT, none for GPT-2)."""
     bare = tokenizer("hello", add_special_tokens=False)["input_ids"]
