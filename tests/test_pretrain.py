@@ -201,7 +201,7 @@ def test_pretrain_then_fine_tune_from_the_export(objective, fine_tune, tmp_path,
     for key in ("val/loss", "val/ppl", "val/token_acc", "train/samples_per_sec", "train/tokens_per_sec", "params/total"):
         assert 0 <= metrics[key] < float("inf"), key
     assert metrics["val/ppl"] == pytest.approx(2.718281828 ** metrics["val/loss"], rel=1e-4)
-    assert metrics["export"] == str(run / "export")
+    assert metrics["export"] == str(run / "export") and metrics["train/steps"] == 6
     (events,) = (run / "tensorboard").iterdir()
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()

@@ -104,7 +104,8 @@ def read_json(path: Path) -> dict | None:
 def read_run(folder: Path, name: str, info: dict) -> RunFiles:
     metrics_file = folder / name / "metrics.json"
     layers, width = saved_config(folder / name, "model.n_layer"), saved_config(folder / name, "model.n_embd")  # pretraining's size
-    info = {**info, "weights": weights(folder, folder / name), "size": f"{layers} x {width}" if layers and width else ""}
+    info = {**info, "weights": weights(folder, folder / name), "size": f"{layers} x {width}" if layers and width else "",
+            "max_steps": saved_config(folder / name, "trainer.max_steps")}
     return RunFiles(name, info, json.loads(metrics_file.read_text()), read_events(folder / name),
                     read_json(folder / name / "predictions.json"), read_json(folder / name / "probes.json"))
 
@@ -148,10 +149,13 @@ def train_seconds(run: RunFiles) -> float | None:
 
 
 def steps(run: RunFiles) -> float | None:
-    """Optimizer steps a pretraining run took: its own count if it writes one, else the last step it logged."""
+    """Optimizer steps a pretraining run took: its own count if it writes one, else its budget (a run that wrote
+    metrics.json finished it), else the last step it logged."""
     for key in ("train/steps", "trainer/global_step", "global_step", "step"):
         if key in run.metrics:
             return run.metrics[key]
+    if str(run.info.get("max_steps", "")).isdigit():
+        return int(run.info["max_steps"])
     logged = [step for points in run.series.values() for step, _, _ in points]
     return max(logged) if logged else None
 

@@ -93,7 +93,7 @@ def pretrain(cfg: DictConfig) -> dict:
         logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data),
                                 "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total})
     trainer.fit(model, datamodule=datamodule)
-    metrics = {"params/total": total, **scalars(trainer.callback_metrics)}
+    metrics = {"params/total": total, "train/steps": trainer.global_step, **scalars(trainer.callback_metrics)}
     if model.last_val_step != trainer.global_step:  # the budget did not end on a validation: the final figures
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(scalars(trainer.callback_metrics))
