@@ -50,6 +50,8 @@ def test_predict_imports_no_lightning_and_prints_what_the_module_predicts(checkp
     assert "torch" in imported and "bertgpt.inference" in imported  # the list is real
     assert not {name for name in imported if name.split(".")[0] in ("lightning", "torchmetrics")}
     assert "bertgpt.pipeline" not in imported and not any(name.startswith("bertgpt.tasks") for name in imported)
+    # the library BERT runs as ours: transformers' model code (modeling_utils and the BERT classes) stays unloaded
+    assert "transformers.modeling_utils" not in imported and "transformers.models.bert.modeling_bert" not in imported
     assert not (tmp_path / "logs").exists()  # no run folder: predict writes nothing
     assert done.stdout.splitlines() == module_lines(checkpoint, TEXTS)
 
@@ -60,6 +62,29 @@ def test_batches_and_max_length_change_nothing_but_the_tokens(checkpoint, capsys
     short = predict(OmegaConf.create({**config, "text": TEXTS[0], "max_length": 8}))
     assert short == module_lines(checkpoint, TEXTS[:1], max_length=8) != module_lines(checkpoint, TEXTS[:1])
     assert capsys.readouterr().out.splitlines() == short
+
+
+@pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2", "tiny_chat"])
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_a_library_model_runs_as_ours_with_the_same_logits(family, head, request):
+    from bertgpt.data.collate import PadCollator
+    from bertgpt.models import library
+    from bertgpt.models.convert import library_as_ours
+
+    net_config = {"checkpoint": request.getfixturevalue(family), "attn_dropout": 0.0, "attention": "auto"}
+    torch.manual_seed(1)
+    theirs = library.build(**net_config, head=head, num_labels=3).eval()
+    tokenizer = library.load_tokenizer(net_config["checkpoint"])
+    ours = library_as_ours({"_target_": "bertgpt.models.library.build", **net_config}, head, 3, theirs.state_dict(), tokenizer.pad_token_id)
+    assert type(ours).__module__.startswith("bertgpt.models.") and not ours.fresh_heads
+    ids = tokenize.encode(tokenizer, TEXTS, 32)
+    batch = PadCollator.for_tokenizer(tokenizer, 1)([(torch.tensor(x), 0) for x in ids])  # three lengths: padding is read
+    assert batch["attention_mask"].float().mean() < 1
+    with torch.no_grad():
+        expected = theirs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = ours.eval()(batch["input_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].bool() if head == "token" else slice(None)  # a pad position's tag is never read
+    assert got.shape == expected.shape and torch.allclose(got[real], expected[real], atol=1e-5), (got - expected).abs().max()
 
 
 def test_the_task_table_names_the_task_modules():

@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoConfig, GPT2Config, LlamaConfig, PretrainedConfig
-from transformers import BertConfig as HFBertConfig
+from transformers import AutoConfig
 from transformers.utils import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
@@ -39,6 +39,10 @@ from bertgpt.models.bert import (
 from bertgpt.models.gpt import GPT, GPTConfig, GPTForSequenceClassification, GPTForTokenClassification
 from bertgpt.models.hub import OFFLINE_HINT, from_pretrained, resolve_checkpoint
 from bertgpt.models.library import choose_head, load_tokenizer
+
+if TYPE_CHECKING:  # the export's config classes are imported where they are built: Llama's alone costs ~1 s of start-up
+    from transformers import BertConfig as HFBertConfig
+    from transformers import GPT2Config, LlamaConfig, PretrainedConfig
 
 # ----- reading a checkpoint --------------------------------------------------------------------------------------
 
@@ -169,6 +173,8 @@ def bert_config_from_hf(hf: PretrainedConfig, **overrides) -> BertConfig:
 
 def bert_config_to_hf(config: BertConfig, **extra) -> HFBertConfig:
     """The Hugging Face `BertConfig` of our config (the inverse of `bert_config_from_hf`)."""
+    from transformers import BertConfig as HFBertConfig
+
     return HFBertConfig(
         vocab_size=config.vocab_size, max_position_embeddings=config.block_size, type_vocab_size=config.type_vocab_size,
         num_hidden_layers=config.n_layer, num_attention_heads=config.n_head, hidden_size=config.n_embd, intermediate_size=config.n_inner,
@@ -267,6 +273,8 @@ def gpt_layout(config: GPTConfig) -> str:
 
 def gpt_config_to_hf(config: GPTConfig, **extra) -> GPT2Config | LlamaConfig:
     """The Hugging Face `GPT2Config` or `LlamaConfig` of our config (the inverse of `gpt_config_from_hf`)."""
+    from transformers import GPT2Config, LlamaConfig
+
     common = dict(
         vocab_size=config.vocab_size, tie_word_embeddings=config.tie_embeddings, num_labels=config.num_labels,
         classifier_dropout=config.classifier_dropout, pad_token_id=config.pad_token_id, initializer_range=config.init_std,
@@ -386,6 +394,35 @@ def to_hf(model: nn.Module, **config_extra) -> tuple[PretrainedConfig, dict[str,
     return config, {k if k.startswith(heads) else body + k: v for k, v in hf.items()}
 
 
+# Ours that compute what the library's classes of `library.build` compute, by family and head.
+LIBRARY_AS_OURS = {
+    ("bert", "sequence"): BertForSequenceClassification,
+    ("bert", "token"): BertForTokenClassification,
+    ("gpt2", "sequence"): GPTForSequenceClassification,
+    ("gpt2", "token"): GPTForTokenClassification,
+    ("llama", "sequence"): GPTForSequenceClassification,
+    ("llama", "token"): GPTForTokenClassification,
+}
+
+
+def library_as_ours(net: Mapping, head: str, num_labels: int, state_dict: Mapping[str, torch.Tensor], pad_token_id: int | None) -> nn.Module | None:
+    """A trained classifier of `library.build` (its `net` config and its weights, under the library's names) as
+    our model with the same weights, which computes the same logits (tests/test_convert.py) without
+    transformers' model code, most of a one-sentence predict's start-up. None for a family or a setting ours
+    lack (relative positions, scaled rotary positions, ...): the library's own class runs those."""
+    hf_config = from_pretrained(AutoConfig, net["checkpoint"])
+    model_cls = LIBRARY_AS_OURS.get((hf_config.model_type, head))
+    if model_cls is None:
+        return None
+    try:
+        model = from_hf(model_cls, hf_config, state_dict, num_labels=num_labels, pad_token_id=pad_token_id, attention=net.get("attention", "auto"))
+    except UserError:  # not an error here: the caller builds the library's class instead
+        return None
+    if model.fresh_heads:
+        raise UserError(f"the checkpoint holds no trained head ({', '.join(model.fresh_heads)}): not one written by src/train.py.")
+    return model
+
+
 # ----- the builders ----------------------------------------------------------------------------------------------
 
 
@@ -409,11 +446,10 @@ def build_pretrained(model_cls: type[nn.Module], checkpoint: str, num_labels: in
 
     `pretrained=False` keeps the checkpoint's config and vocabulary (options such as n_layer=2 or
     n_embd=128 resize it) but starts from random weights. With weights, n_layer may be lowered: the
-    first layers are kept. `attn_dropout=None` keeps the checkpoint's, as in `library.build`.
+    first layers are kept. `attn_dropout=None` and `dropout=None` keep the checkpoint's, as in `library.build`.
     """
     hf_config, pad_token_id = read_hf_config(checkpoint)
-    if "attn_dropout" in options and options["attn_dropout"] is None:
-        options = {k: v for k, v in options.items() if k != "attn_dropout"}
+    options = {k: v for k, v in options.items() if not (k in ("attn_dropout", "dropout") and v is None)}
     overrides = dict(num_labels=num_labels, pad_token_id=pad_token_id, **options)
     if pretrained:
         return from_hf(model_cls, hf_config, read_hf_state_dict(checkpoint), **overrides)
