@@ -251,7 +251,7 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    from bertgpt import pipeline  # noqa: F401  (registers the config resolvers)
+    from bertgpt import cli  # noqa: F401  (registers the config resolvers conf/ uses)
     from bertgpt.data.reviews import IMDBDataModule
 
     class Clock(L.Callback):

@@ -1,0 +1,38 @@
+"""What a run learns about its host: the CPU named so that two machines of one kind are told apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertgpt.host import cpu_name
+
+ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n"
+ZEN5 = ZEN3.replace("cpu family\t: 25", "cpu family\t: 26").replace("model\t\t: 1", "model\t\t: 2")
+
+
+@pytest.mark.parametrize(("cpuinfo", "name"), [(ZEN3, "AMD EPYC (family 25, model 1)"), (ZEN5, "AMD EPYC (family 26, model 2)"),
+                                               ("model name\t: Intel Xeon\n", "Intel Xeon")])
+def test_the_cpu_is_named_with_its_family_and_model(cpuinfo, name, tmp_path):
+    file = tmp_path / "cpuinfo"
+    file.write_text(cpuinfo.rstrip("\n") + "\n\n" + ZEN3.replace("processor\t: 0", "processor\t: 1"))  # a second core must not mix in
+    assert cpu_name(file) == name
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_speed_defaults_follow_the_hardware(gpu, monkeypatch):
+    """The measured rules of docs/performance.md: compile and wide padding buckets on a GPU, neither on a CPU;
+    bf16 where the CPU has AVX-512 BF16 or AMX; the same experiment recipe everywhere."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from bertgpt import ROOT, cli  # noqa: F401  (the resolvers)
+    from bertgpt.host import best_precision, cpu_kind
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=fast"])
+    assert cfg.compile is gpu and cfg.data.pad_to_multiple_of == (64 if gpu else 1)
+    assert cfg.trainer.precision == best_precision() == ("bf16-mixed" if gpu or cpu_kind() in ("AVX-512 + AMX", "AVX-512 BF16") else "32-true")
+    assert (cfg.data.max_length, cfg.data.truncation, cfg.trainer.val_check_interval) == (256, "head_tail", 0.25)
+    assert cfg.callbacks.reach_target.stopping_threshold == 0.9 and "model_checkpoint" in cfg.callbacks
