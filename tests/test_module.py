@@ -110,3 +110,17 @@ def test_attention_dropout_is_set_on_library_and_own_models(tiny_bert, tiny_gpt2
     assert library.build(tiny_gpt2, attn_dropout=0.0).config.attn_pdrop == 0.0
     assert convert.build_bert(tiny_bert, attn_dropout=0.0).config.attn_dropout == 0.0
     assert convert.build_gpt(tiny_gpt2, attn_dropout=0.0).config.attn_dropout == 0.0
+
+
+def test_hidden_dropout_is_set_on_library_and_own_models(tiny_bert, tiny_gpt2):
+    from bertgpt.models import convert, library
+
+    bert = library.build(tiny_bert, dropout=0.0)
+    assert bert.config.hidden_dropout_prob == 0.0 and bert.config.attention_probs_dropout_prob == 0.1
+    assert bert.bert.embeddings.dropout.p == bert.bert.encoder.layer[0].output.dropout.p == bert.dropout.p == 0.0  # the head's follows
+    assert library.build(tiny_bert, dropout=None).config.hidden_dropout_prob == 0.1  # None: the checkpoint's
+    gpt2 = library.build(tiny_gpt2, dropout=0.0).config
+    assert gpt2.resid_pdrop == gpt2.embd_pdrop == 0.0 and gpt2.attn_pdrop == 0.1
+    assert convert.build_bert(tiny_bert, dropout=0.0).config.dropout == 0.0
+    assert convert.build_bert(tiny_bert, dropout=None).config.dropout == 0.1
+    assert convert.build_gpt(tiny_gpt2, dropout=0.0).config.dropout == 0.0

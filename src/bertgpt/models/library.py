@@ -25,8 +25,10 @@ def load_tokenizer(checkpoint: str, **options):
     return tokenizer
 
 
-# Where each family keeps its attention-probability dropout (BERT, GPT-2, Llama).
+# Where each family keeps its attention-probability dropout (BERT, GPT-2, Llama), and its hidden-layer dropout
+# (Llama has none).
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+HIDDEN_DROPOUT_FIELDS = ("hidden_dropout_prob", "resid_pdrop", "embd_pdrop")
 
 
 HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
@@ -41,25 +43,25 @@ def choose_head(heads: Mapping[str, type], head: str) -> type:
 
 def build(
     checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True,
-    attn_dropout: float | None = None, attention: str = "auto",
+    attn_dropout: float | None = None, attention: str = "auto", dropout: float | None = None,
 ):
     """A classifier on `checkpoint` with a fresh `num_labels` head. head="sequence": one label per text, BERT
     pools `[CLS]` and decoders read the last non-pad token, logits (B, num_labels); head="token": one label
     per token, logits (B, T, num_labels).
 
     `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
-    replaces the checkpoint's attention dropout (None keeps it). `attention`: auto (matmul attention on a CPU,
-    SDPA on a GPU: `bertgpt.models.attention`) or sdpa (transformers' own SDPA everywhere). The same keys
+    replaces the checkpoint's attention dropout and `dropout` its hidden-layer dropout (None keeps each).
+    `attention`: auto (matmul attention on a CPU, SDPA on a GPU: `bertgpt.models.attention`) or sdpa (transformers' own SDPA everywhere). The same keys
     set our own models (`bertgpt.models.convert.build_bert` / `build_gpt`).
     """
     auto_model = choose_head(HEADS, head)
     implementation = register_with_transformers() if check_choice(attention) == "auto" else "sdpa"
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
     config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
-    if attn_dropout is not None:
-        for field in ATTENTION_DROPOUT_FIELDS:
+    for fields, value in ((ATTENTION_DROPOUT_FIELDS, attn_dropout), (HIDDEN_DROPOUT_FIELDS, dropout)):
+        for field in fields if value is not None else ():
             if hasattr(config, field):
-                setattr(config, field, attn_dropout)
+                setattr(config, field, value)
     if not pretrained:
         return auto_model.from_config(config, attn_implementation=implementation)
     # A checkpoint fine-tuned for another number of labels (or another head) gets a fresh head, as ours do.
