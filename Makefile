@@ -88,11 +88,12 @@ sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS
 	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
 		data.train_size=$(TRAIN_SIZE) data.val_size=$(VAL_SIZE) $(ARGS)
 
-bench: $(STAMP)  ## tokenization, attention, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF (6.5 min on 2 CPU cores)
+bench: $(STAMP)  ## the CPU and its GEMM peak; tokenization, attention, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF; torch.compile vs eager (about 15 min on 2 CPU cores)
 	$(PY) bench/bench_tokenize.py
 	$(PY) bench/bench_attention.py
 	$(PY) bench/bench_train.py $(ARGS)
 	$(PY) bench/bench_models.py
+	$(PY) bench/bench_compile.py
 
 bench-predict: $(STAMP)  ## one-sentence predict start-up; predict / eval.py vs transformers.pipeline throughput on 1,000 reviews
 	$(PY) bench/bench_predict.py $(ARGS)
