@@ -70,12 +70,11 @@ def write_aclimdb(folder: Path, texts: list[str], labels: list[int], train: list
 
 
 def export_library_net(predictor, folder: Path) -> Path:
-    """The checkpoint's net as a Hugging Face folder, for `transformers.pipeline`; library models only."""
-    if not hasattr(predictor.net, "save_pretrained"):
-        raise SystemExit("--ckpt: not a library model (model=bert, model=gpt, ...): transformers.pipeline cannot load our own.")
-    predictor.net.config.id2label = dict(enumerate(predictor.labels))
-    predictor.net.config.label2id = {label: i for i, label in enumerate(predictor.labels)}
-    predictor.net.save_pretrained(folder)
+    """The checkpoint's net as a Hugging Face folder, for `transformers.pipeline`, written as `src/export.py` writes
+    it: predict runs a library BERT as our own, which goes back into the library's class with the same weights."""
+    from bertgpt.export import hf_net
+
+    hf_net(predictor.net, predictor.task.head, predictor.labels, predictor.tokenizer.pad_token_id).save_pretrained(folder)
     predictor.tokenizer.save_pretrained(folder)
     return folder
 
@@ -105,7 +104,7 @@ def hf_pipeline(folder: Path, texts: list[str], max_length: int, batch_size: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, help="a checkpoint of src/train.py (a library model); default: train a quick one")
+    parser.add_argument("--ckpt", type=Path, help="a checkpoint of src/train.py; default: train a quick library BERT")
     parser.add_argument("--reviews", type=int, default=1000)
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--batch-size", type=int, default=64)

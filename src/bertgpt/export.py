@@ -70,12 +70,16 @@ def hf_model(model, pad_token_id: int) -> PreTrainedModel:
     """The checkpoint's net as the library's `AutoModelFor{Sequence,Token}Classification`, in eval mode, with the
     label names and `pad_token_id` (the one the data was padded with) in its config: a decoder's sequence head
     finds the last real token by it. The checkpoint's module is left as it is."""
-    net = merge_lora(copy.deepcopy(model.net))  # LoRA: the adapters folded into the weights they adapt
+    return hf_net(model.net, model.head, list(model.hparams.labels), pad_token_id)
+
+
+def hf_net(net, head: str, labels: list[str], pad_token_id: int) -> PreTrainedModel:
+    """`hf_model` for a bare backbone with a `head` (sequence, token) and its labels: a copy, `net` is left as it is."""
+    net = merge_lora(copy.deepcopy(net))  # LoRA: the adapters folded into the weights they adapt
     if not isinstance(net, PreTrainedModel):  # our BERT / GPT: the library's class, built from the translated config
         config, state_dict = to_hf(net)
-        net = HEADS[model.head].from_config(config)
+        net = HEADS[head].from_config(config)
         net.load_state_dict(state_dict, strict=True)  # every tensor lands somewhere, and none is left random
-    labels = list(model.hparams.labels)
     net.config.id2label = dict(enumerate(labels))
     net.config.label2id = {label: i for i, label in enumerate(labels)}
     net.config.pad_token_id = pad_token_id
