@@ -43,7 +43,8 @@ def module_lines(ckpt: str, texts: list[str], max_length: int | None = None) -> 
 def test_predict_imports_no_lightning_and_prints_what_the_module_predicts(checkpoint, tmp_path):
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("\n".join(TEXTS[1:]) + "\n")
-    command = ["src/predict.py", f"ckpt_path={checkpoint}", f"text={TEXTS[0]}", f"file={reviews}", f"paths.log_dir={tmp_path / 'logs'}"]
+    command = ["src/predict.py", f"ckpt_path={checkpoint}", f"text={TEXTS[0]}", f"file={reviews}", f"paths.log_dir={tmp_path / 'logs'}",
+               "precision=32-true"]
     done = subprocess.run([sys.executable, "-X", "importtime", *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
@@ -57,7 +58,7 @@ def test_predict_imports_no_lightning_and_prints_what_the_module_predicts(checkp
 
 
 def test_batches_and_max_length_change_nothing_but_the_tokens(checkpoint, capsys):
-    config = {"ckpt_path": checkpoint, "text": None, "file": None, "batch_size": 1, "max_length": None}
+    config = {"ckpt_path": checkpoint, "text": None, "file": None, "batch_size": 1, "max_length": None, "precision": "32-true"}
     assert load_predictor(checkpoint).lines(TEXTS, batch_size=2) == module_lines(checkpoint, TEXTS)
     short = predict(OmegaConf.create({**config, "text": TEXTS[0], "max_length": 8}))
     assert short == module_lines(checkpoint, TEXTS[:1], max_length=8) != module_lines(checkpoint, TEXTS[:1])
@@ -100,7 +101,17 @@ def test_a_checkpoint_that_names_foreign_code_is_refused(checkpoint, tmp_path):
         load_predictor(str(tmp_path / "foreign.ckpt"))
 
 
-@pytest.mark.parametrize("override, message", [("fooo=1", "Could not override 'fooo'"), ("max_length=4", "max_length=4: use 8 to 512 tokens")])
+def test_bf16_autocast_predicts_the_same_labels_with_close_probabilities(checkpoint):
+    predictor = load_predictor(checkpoint)
+    fp32 = [line.split("\t") for line in predictor.lines(TEXTS, batch_size=2)]
+    predictor.precision = "bf16-mixed"
+    bf16 = [line.split("\t") for line in predictor.lines(TEXTS, batch_size=2)]
+    assert [row[0] for row in bf16] == [row[0] for row in fp32]
+    assert max(abs(float(a[1]) - float(b[1])) for a, b in zip(bf16, fp32)) < 0.02
+
+
+@pytest.mark.parametrize("override, message", [("fooo=1", "Could not override 'fooo'"), ("max_length=4", "max_length=4: use 8 to 512 tokens"),
+                                               ("precision=16-mixed", "precision=16-mixed: choose bf16-mixed or 32-true")])
 def test_a_bad_override_exits_2_with_one_line(checkpoint, tmp_path, override, message):
     result = run_script("predict", f"ckpt_path={checkpoint}", "text=hello", override, f"paths.log_dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-2000:]

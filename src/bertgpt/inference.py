@@ -131,10 +131,13 @@ class Predictor:
     labels: list[str]
     tokenizer: object
     data: dict
+    precision: str = "32-true"  # or bf16-mixed: the forward under bf16 autocast, as Lightning runs train and eval
 
     @torch.no_grad()
     def lines(self, texts: list[str], batch_size: int) -> list[str]:
-        return self.task.lines(self.net, self.labels, self.tokenizer, self.data, texts, batch_size)
+        device = next(self.net.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
+            return self.task.lines(self.net, self.labels, self.tokenizer, self.data, texts, batch_size)
 
 
 # A library model of a family ours implement (BERT, GPT-2, Llama) is run as ours, with its weights: building
@@ -178,6 +181,9 @@ def check_max_length(max_length: int, tokenizer) -> int:
     return max_length
 
 
+PRECISIONS = ("bf16-mixed", "32-true")
+
+
 def predict(cfg: DictConfig) -> list[str]:
     """One line per `text=...` and per line of `file=...`: a review's label and probability, or a sentence's word/TAG pairs."""
     texts = [cfg.text] if cfg.get("text") is not None else []
@@ -186,7 +192,11 @@ def predict(cfg: DictConfig) -> list[str]:
     texts = [str(t) for t in texts if str(t).strip()]
     if not texts:
         raise UserError('nothing to predict: pass text="a review" or file=path/to/lines.txt (one review or sentence per line, not empty).')
+    precision = str(cfg.get("precision") or "32-true")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision={precision}: choose {' or '.join(PRECISIONS)} (bf16 autocast or fp32).")
     predictor = load_predictor(cfg.ckpt_path)
+    predictor.precision = precision
     if cfg.get("max_length") is not None:
         predictor.data["max_length"] = check_max_length(int(cfg.max_length), predictor.tokenizer)
     lines = predictor.lines(texts, cfg.batch_size)
