@@ -141,7 +141,7 @@ class Predictor:
 
 
 # A library model of a family ours implement (BERT, GPT-2, Llama) is run as ours, with its weights: building
-# the library's class imports transformers' model code, which took 3 of a one-sentence predict's 5 s.
+# the library's class imports transformers' model code, most of a one-sentence predict's start-up (docs/performance.md).
 LIBRARY_BUILD = "bertgpt.models.library.build"
 
 
