@@ -19,6 +19,7 @@ import time
 
 from common import ROOT, machine, save
 
+BATCH = 32
 MODES = {"eager": None, "static": {"dynamic": False}, "dynamic": {}, "max-autotune": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"}}
 
 
@@ -34,8 +35,8 @@ def one_mode(mode: str, length: int, steps: int) -> None:
     torch.manual_seed(0)
     net = library.build("all-minilm-l6-v2", attn_dropout=0.0).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-5, eps=1e-8, fused=True)
-    ids = torch.randint(1000, 20000, (32, length))
-    mask, labels = torch.ones_like(ids), torch.randint(0, 2, (32,))
+    ids = torch.randint(1000, 20000, (BATCH, length))
+    mask, labels = torch.ones_like(ids), torch.randint(0, 2, (BATCH,))
     if MODES[mode] is not None:
         net.compile(**MODES[mode])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=best_precision() == "bf16-mixed")
@@ -68,7 +69,7 @@ def main() -> None:
     if args.one:
         return one_mode(args.one, args.length, args.steps)
     host = machine()
-    print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads; batch 32 x {args.length}", flush=True)
+    print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads; batch {BATCH} x {args.length}", flush=True)
     results = {}
     for mode in args.modes:
         done = subprocess.run([sys.executable, __file__, "--one", mode, "--length", str(args.length), "--steps", str(args.steps)],
@@ -76,10 +77,10 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
         first, ms = map(float, done.stdout.split()[-2:])
-        results[mode] = {"first_3_steps_s": first, "ms_per_step": ms, "samples_per_sec": round(32_000 / ms, 1)}
-        print(f"  {mode:<13} first 3 steps {first:6.1f} s   then {ms:7.1f} ms/step = {32_000 / ms:5.1f} samples/s"
+        results[mode] = {"first_3_steps_s": first, "ms_per_step": ms, "samples_per_sec": round(BATCH * 1000 / ms, 1)}
+        print(f"  {mode:<13} first 3 steps {first:6.1f} s   then {ms:7.1f} ms/step = {BATCH * 1000 / ms:5.1f} samples/s"
               + (f"   {ms / results['eager']['ms_per_step']:.2f}x eager's step time" if "eager" in results and mode != "eager" else ""), flush=True)
-    save("compile", {"length": args.length, "batch_size": 32, "steps": args.steps, "modes": results})
+    save("compile", {"length": args.length, "batch_size": BATCH, "steps": args.steps, "modes": results})
 
 
 if __name__ == "__main__":

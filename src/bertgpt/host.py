@@ -35,10 +35,10 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     alone says little a week later, and a virtual machine may say only "AMD EPYC", which is a Zen 3 (family
     25, AVX2) on one machine of this kind and a Zen 5 (family 26, AVX-512 BF16) on another."""
     try:
-        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0].splitlines() if ":" in line)
+        first_cpu = cpuinfo.read_text().split("\n\n")[0].splitlines()
     except OSError:
-        fields = {}
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+        first_cpu = []
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu) if value}
     if "model name" not in fields:
         return platform.processor() or platform.machine()
     numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if key in fields]

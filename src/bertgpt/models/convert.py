@@ -407,7 +407,7 @@ LIBRARY_AS_OURS = {
 
 def library_as_ours(net: Mapping, head: str, num_labels: int, state_dict: Mapping[str, torch.Tensor], pad_token_id: int | None) -> nn.Module | None:
     """A trained classifier of `library.build` (its `net` config and its weights, under the library's names) as
-    our model with the same weights, which computes the same logits (tests/test_convert.py) without
+    our model with the same weights, which computes the same logits (tests/test_predict.py) without
     transformers' model code, most of a one-sentence predict's start-up. None for a family or a setting ours
     lack (relative positions, scaled rotary positions, ...): the library's own class runs those."""
     hf_config = from_pretrained(AutoConfig, net["checkpoint"])

@@ -51,15 +51,18 @@ def build(
 
     `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
     replaces the checkpoint's attention dropout and `dropout` its hidden-layer dropout (None keeps each).
-    `attention`: auto (matmul attention on a CPU, SDPA on a GPU: `bertgpt.models.attention`) or sdpa (transformers' own SDPA everywhere). The same keys
-    set our own models (`bertgpt.models.convert.build_bert` / `build_gpt`).
+    `attention`: auto (matmul attention on a CPU, SDPA on a GPU: `bertgpt.models.attention`) or sdpa
+    (transformers' own SDPA everywhere). The same keys set our own models (`bertgpt.models.convert.build_bert` /
+    `build_gpt`).
     """
     auto_model = choose_head(HEADS, head)
     implementation = register_with_transformers() if check_choice(attention) == "auto" else "sdpa"
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
     config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
     for fields, value in ((ATTENTION_DROPOUT_FIELDS, attn_dropout), (HIDDEN_DROPOUT_FIELDS, dropout)):
-        for field in fields if value is not None else ():
+        if value is None:
+            continue
+        for field in fields:
             if hasattr(config, field):
                 setattr(config, field, value)
     if not pretrained:
