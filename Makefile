@@ -88,7 +88,7 @@ sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS
 	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
 		data.train_size=$(TRAIN_SIZE) data.val_size=$(VAL_SIZE) $(ARGS)
 
-bench: $(STAMP)  ## the CPU and its GEMM peak; tokenization, attention, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF; torch.compile vs eager (11 min on the 2-core Zen 5 EPYC)
+bench: $(STAMP)  ## the CPU and its GEMM peak; tokenization, attention, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF; torch.compile vs eager (11 min on the 2-core Zen 5 EPYC, 18.5 on the slower AMX Xeon)
 	$(PY) bench/bench_tokenize.py
 	$(PY) bench/bench_attention.py
 	$(PY) bench/bench_train.py $(ARGS)
