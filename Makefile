@@ -20,7 +20,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting compare-full-data reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,12 @@ compare-controlled: $(STAMP)  ## our BERT (MLM) vs our GPT (CLM) pretrained alik
 compare-prompting: $(STAMP)  ## the decoder prompted with 0, 1, 2, 4 and 8 demonstrations, on the default scale's 500 held-out reviews: reports/prompting/
 	$(PY) src/compare.py 'compare.arms=[gpt_zeroshot,gpt_kshot]' 'compare.shots=[1,2,4,8]' \
 	  hydra.run.dir=logs/compare/prompting compare.report_dir=reports/prompting $(ARGS)
+
+compare-full-data: $(STAMP)  ## on a GPU: the bundled BERT and decoder on all 22,500 reviews (and on 1,000), 3 seeds each, validated 4x an epoch: reports/full-data/
+	$(PY) src/compare.py compare.scale=full 'compare.arms=[bert,gpt]' 'compare.seeds=[2024,2025,2026]' compare.decoder_seeds=3 \
+	  'compare.curve_sizes=[1000]' 'compare.decoder_sizes=[null,1000]' compare.batch_size=32 compare.lr=2e-5 compare.validate=true \
+	  '+compare.arm_overrides.bert=["compile=false"]' '+compare.arm_overrides.gpt=["compile=false"]' \
+	  hydra.run.dir=logs/compare/full-data compare.report_dir=reports/full-data $(ARGS)
 
 reproduce: $(STAMP)  ## run one compare run again with its own command and check its numbers: make reproduce RUN=logs/compare/default/bert_seed2024
 	$(PY) src/compare.py reproduce=$(RUN) $(ARGS)

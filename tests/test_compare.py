@@ -422,6 +422,25 @@ def test_report_writer_on_synthetic_runs(tmp_path):
     assert [step for step, _, _ in points] == [0, 10] and 0 <= points[1][1] - points[0][1] == pytest.approx(1, abs=0.01)
 
 
+def test_with_validation_the_report_gives_the_time_to_each_accuracy(tmp_path):
+    folder, reports = tmp_path / "compare", tmp_path / "reports"
+    fake_compare(folder)
+    (folder / "bert").rename(folder / "bert_old")
+    fake_run(folder, "bert", {"test/acc": 0.87}, {"val/acc": [0.70, 0.86, 0.84, 0.89]})  # validations one second apart
+    manifest = json.loads((folder / "compare.json").read_text())
+    assert "to 85% (s)" not in write_report(folder, reports).read_text()  # no validation in the budget: no such table
+    manifest["budget"]["validate"] = True
+    (folder / "compare.json").write_text(json.dumps(manifest))
+    text = write_report(folder, reports).read_text()
+    table = next(t for t in parse_tables(text) if t and "to 85% (s)" in t[0])
+    bert = next(row for row in table if row["run"] == "`bert`")
+    assert (bert["validations"], bert["best val acc"], bert["trained on"]) == ("4", "89.00%", "32")
+    assert as_number(bert["to 80% (s)"]) == pytest.approx(1, abs=0.05) and bert["to 85% (s)"] == bert["to 80% (s)"]
+    assert as_number(bert["to 88% (s)"]) == pytest.approx(3, abs=0.05) and bert["to 90% (s)"] == "not reached"
+    gpt = next(row for row in table if row["run"] == "`gpt`")  # val/acc 0.5 then 0.6x: none of the targets
+    assert {gpt[f"to {t}% (s)"] for t in (80, 85, 88, 90)} == {"not reached"}
+
+
 def test_a_report_of_an_unfinished_compare_names_the_runs_still_to_come(tmp_path):
     folder, reports = tmp_path / "compare", tmp_path / "reports"
     fake_compare(folder)

@@ -148,6 +148,29 @@ def train_seconds(run: RunFiles) -> float | None:
     return sum(v for _, _, v in epochs) if epochs else run.metrics.get("train/epoch_time_s")
 
 
+TARGETS = (0.80, 0.85, 0.88, 0.90)  # the held-out accuracies whose first crossing the time-to-accuracy table gives
+
+
+def time_to(run: RunFiles, target: float) -> float | None:
+    """Seconds from the start of training to the first validation at or above `target` (None: no validation got
+    there). The clock is the TensorBoard log's, so it counts the validation passes and checkpoints on the way."""
+    return next((seconds for _, seconds, acc in run.points("val/acc") if acc >= target), None)
+
+
+def time_to_table(runs: list[RunFiles]) -> str:
+    """Wall time to each of TARGETS for the runs that validated during training (compare.validate=true)."""
+    validated = [r for r in runs if r.points("val/acc")]
+    header = ["run", "model", "trained on", "validations", "best val acc", *(f"to {100 * t:g}% (s)" for t in TARGETS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in validated:
+        accs = [acc for _, _, acc in r.points("val/acc")]
+        size = r.info.get("train_size")
+        reached = [time_to(r, t) for t in TARGETS]
+        lines.append("| " + " | ".join([f"`{r.name}`", r.info.get("description", ""), "all" if size is None else f"{size:,}", str(len(accs)),
+                                         percent(max(accs)), *("not reached" if s is None else number(s) for s in reached)]) + " |")
+    return "\n".join(lines) if validated else ""
+
+
 def steps(run: RunFiles) -> float | None:
     """Optimizer steps a pretraining run took: its own count if it writes one, else its budget (a run that wrote
     metrics.json finished it), else the last step it logged."""
@@ -674,6 +697,10 @@ def markdown(manifest: dict, runs: list[RunFiles], folder: Path, images: dict[st
         trained = [r for r in members if r.info.get("script", "train") == "train"]
         if trained:
             lines += [table(trained, FINETUNE_COLUMNS), ""]
+            reached = time_to_table(trained) if manifest["budget"].get("validate") else ""
+            if reached:
+                lines += ["Time to accuracy: seconds from the first training step to the first validation on the held-out reviews at "
+                          "or above each accuracy (validation passes and checkpoint writes included).", "", reached, ""]
         if part == "controlled":
             steps = trend_table(arms(trained))
             if steps:
