@@ -63,10 +63,10 @@ compare-prompting: $(STAMP)  ## the decoder prompted with 0, 1, 2, 4 and 8 demon
 	$(PY) src/compare.py 'compare.arms=[gpt_zeroshot,gpt_kshot]' 'compare.shots=[1,2,4,8]' \
 	  hydra.run.dir=logs/compare/prompting compare.report_dir=reports/prompting $(ARGS)
 
-compare-full-data: $(STAMP)  ## on a GPU: the bundled BERT and decoder on all 22,500 reviews (and on 1,000), 3 seeds each, validated 4x an epoch: reports/full-data/
-	$(PY) src/compare.py compare.scale=full 'compare.arms=[bert,gpt]' 'compare.seeds=[2024,2025,2026]' compare.decoder_seeds=3 \
-	  'compare.curve_sizes=[1000]' 'compare.decoder_sizes=[null,1000]' compare.batch_size=32 compare.lr=2e-5 compare.validate=true \
-	  '+compare.arm_overrides.bert=["compile=false"]' '+compare.arm_overrides.gpt=["compile=false"]' \
+compare-full-data: $(STAMP)  ## the bundled BERT (3 seeds) and decoder (1; ARGS="compare.decoder_seeds=3" on a GPU) on all 22,500 reviews, tested on all 2,500: reports/full-data/
+	$(PY) src/compare.py 'compare.arms=[gpt,bert]' compare.train_size=null compare.val_size=null 'compare.curve_sizes=[]' \
+	  'compare.decoder_sizes=[null]' compare.batch_size=32 compare.lr=2e-5 compare.validate=true \
+	  '+compare.arm_overrides.gpt=["++trainer.val_check_interval=0.5"]' \
 	  hydra.run.dir=logs/compare/full-data compare.report_dir=reports/full-data $(ARGS)
 
 reproduce: $(STAMP)  ## run one compare run again with its own command and check its numbers: make reproduce RUN=logs/compare/default/bert_seed2024

@@ -619,19 +619,24 @@ def size_text(n, what: str) -> str:
     return f"{n:,} {what}" if n is not None else f"all {what}"
 
 
+def same_items(n, what: str) -> str:
+    return f"the same {n:,} {what}" if n is not None else f"all the {what}"
+
+
 def budget_text(b: dict) -> str:
     if "scale" not in b:  # a compare from before the scales
         return (f"Every fine-tuning arm: {size_text(b['train_size'], 'training reviews')}, {size_text(b['val_size'], 'held-out reviews')}, "
                 f"batch {b['batch_size']}, lr {b['lr']:g} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s), max_length {b['max_length']}, "
                 f"{seed_text(b.get('seeds') or [b['seed']])}.")
     pos = b.get("pos") or {}
+    curve = f"the learning curve also on {', '.join(f'{n:,}' for n in b['curve_sizes'])}; " if b["curve_sizes"] else ""
     validation = f"validated every {b['val_check_interval']:g} epoch, the best checkpoint tested" if b.get("validate") else \
         "no validation pass: each fine-tune is tested as it ends (nothing is picked on the held-out reviews)"
-    return (f"Scale `{b['scale']}`. Sentiment: every arm is tested on the same {size_text(b['val_size'], 'held-out reviews')} (the 9:1 split at "
-            f"random_state 2024); fine-tunes train on {size_text(b['train_size'], 'reviews')} (the learning curve also on "
-            f"{', '.join(f'{n:,}' for n in b['curve_sizes'])}; the decoder on {', '.join(size_text(n, '') .strip() for n in b['decoder_sizes'])}; "
+    return (f"Scale `{b['scale']}`. Sentiment: every arm is tested on {same_items(b['val_size'], 'held-out reviews')} (the 9:1 split at "
+            f"random_state 2024); fine-tunes train on {size_text(b['train_size'], 'reviews')} ({curve}"
+            f"the decoder on {', '.join(size_text(n, '') .strip() for n in b['decoder_sizes'])}; "
             f"the attention-direction arms on {size_text(b['direction_train_size'], 'reviews')}), probes on {size_text(b['probe_train_size'], 'reviews')}. "
-            f"POS: {size_text(pos.get('train_size'), 'training sentences')}, tested on the same {size_text(pos.get('test_size'), 'sentences')}. "
+            f"POS: {size_text(pos.get('train_size'), 'training sentences')}, tested on {same_items(pos.get('test_size'), 'sentences')}. "
             f"Batch {b['batch_size']}, lr {b['lr']:g}{f' (the controlled arms {lr:g})' if (lr := b.get('controlled_lr')) else ''} (warmup {b['warmup_ratio']:g}), {b['epochs']} epoch(s) (a curve point of n reviews: at least "
             f"{b['curve_min_samples']:,} samples' worth of epochs), max_length {b['max_length']}, {validation}. {seed_text(b['seeds'])} for every "
             f"seeded arm, the 135M decoder's fine-tunes the first {b['decoder_seeds']} of them; probes and zero-shot prompts are deterministic (one run). "
