@@ -51,8 +51,8 @@ def test_predict_imports_no_lightning_and_prints_what_the_module_predicts(checkp
     assert "torch" in imported and "bertgpt.inference" in imported  # the list is real
     assert not {name for name in imported if name.split(".")[0] in ("lightning", "torchmetrics")}
     assert "bertgpt.pipeline" not in imported and not any(name.startswith("bertgpt.tasks") for name in imported)
-    # the library BERT runs as ours: transformers' model code (modeling_utils and the BERT classes) stays unloaded
-    assert "transformers.modeling_utils" not in imported and "transformers.models.bert.modeling_bert" not in imported
+    # the library BERT runs as ours, from the tokenizer and config the checkpoint stored: transformers stays unloaded
+    assert not {name for name in imported if name.split(".")[0] == "transformers"}
     assert not (tmp_path / "logs").exists()  # no run folder: predict writes nothing
     assert done.stdout.splitlines() == module_lines(checkpoint, TEXTS)
 
@@ -65,18 +65,48 @@ def test_batches_and_max_length_change_nothing_but_the_tokens(checkpoint, capsys
     assert capsys.readouterr().out.splitlines() == short
 
 
+def test_a_checkpoint_from_before_the_snapshot_predicts_the_same(checkpoint, tmp_path):
+    blob = torch.load(checkpoint, weights_only=True)
+    assert set(blob["inference"]) == {"tokenizer", "config"}
+    del blob["inference"]  # as checkpoints written before it: the tokenizer and config are loaded by name
+    torch.save(blob, tmp_path / "old.ckpt")
+    predictor = load_predictor(str(tmp_path / "old.ckpt"))
+    assert type(predictor.tokenizer).__name__ != "SnapshotTokenizer"
+    assert predictor.lines(TEXTS, batch_size=2) == load_predictor(checkpoint).lines(TEXTS, batch_size=2) == module_lines(checkpoint, TEXTS)
+
+
+LONG = [TEXTS[1] + " " + " ".join(f"then word{i} and more" for i in range(60)), *TEXTS]  # past the budget: both truncations cut
+
+
+@pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2", "tiny_chat", pytest.param("all-minilm-l6-v2", marks=pytest.mark.slow),
+                                    pytest.param("smollm2-135m", marks=pytest.mark.slow)])
+def test_the_stored_tokenizer_gives_the_librarys_ids(family, request):
+    from bertgpt.models import library
+
+    name = request.getfixturevalue(family) if family.startswith("tiny") else family
+    theirs = library.load_tokenizer(name)
+    ours = tokenize.SnapshotTokenizer(**tokenize.snapshot(theirs))
+    assert (ours.pad_token_id, ours.padding_side, tokenize.model_limit(ours)) == (theirs.pad_token_id, theirs.padding_side, tokenize.model_limit(theirs))
+    assert tokenize.special_tokens(ours) == tokenize.special_tokens(theirs)
+    for truncation in tokenize.TRUNCATIONS:
+        expected = tokenize.encode(theirs, LONG, 48, truncation)
+        assert tokenize.encode(ours, LONG, 48, truncation) == expected and len(expected[0]) == 48
+
+
 @pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2", "tiny_chat"])
 @pytest.mark.parametrize("head", ["sequence", "token"])
-def test_a_library_model_runs_as_ours_with_the_same_logits(family, head, request):
+@pytest.mark.parametrize("stored", [False, True], ids=["config-by-name", "stored-config"])
+def test_a_library_model_runs_as_ours_with_the_same_logits(family, head, stored, request):
     from bertgpt.data.collate import PadCollator
     from bertgpt.models import library
-    from bertgpt.models.convert import library_as_ours
+    from bertgpt.models.convert import config_fields, library_as_ours
 
     net_config = {"checkpoint": request.getfixturevalue(family), "attn_dropout": 0.0, "attention": "auto"}
     torch.manual_seed(1)
     theirs = library.build(**net_config, head=head, num_labels=3).eval()
     tokenizer = library.load_tokenizer(net_config["checkpoint"])
-    ours = library_as_ours({"_target_": "bertgpt.models.library.build", **net_config}, head, 3, theirs.state_dict(), tokenizer.pad_token_id)
+    fields = config_fields(theirs.config) if stored else None  # the trained backbone's config, as a checkpoint stores it
+    ours = library_as_ours({"_target_": "bertgpt.models.library.build", **net_config}, head, 3, theirs.state_dict(), tokenizer.pad_token_id, fields)
     assert type(ours).__module__.startswith("bertgpt.models.") and not ours.fresh_heads
     ids = tokenize.encode(tokenizer, TEXTS, 32)
     batch = PadCollator.for_tokenizer(tokenizer, 1)([(torch.tensor(x), 0) for x in ids])  # three lengths: padding is read

@@ -96,13 +96,31 @@ def tag_lines(net, labels: list[str], tokenizer, data: dict, texts: list[str], b
     return lines
 
 
-def sentiment_tokenizer(name: str):
+def snapshot(net: torch.nn.Module, tokenizer) -> dict:
+    """What a checkpoint carries so that predict starts without importing transformers: the data pipeline's fast
+    tokenizer (`tokenize.snapshot`) and, for a library backbone, its config's fields (`convert.config_fields`)."""
+    found = {}
+    if getattr(tokenizer, "is_fast", False):
+        found["tokenizer"] = tokenize.snapshot(tokenizer)
+    config = getattr(net, "config", None)
+    if hasattr(config, "to_json_string"):  # a Hugging Face config
+        from bertgpt.models.convert import config_fields
+
+        found["config"] = config_fields(config)
+    return found
+
+
+def sentiment_tokenizer(name: str, stored: dict | None = None):
+    """The tokenizer the checkpoint stored, rebuilt without transformers; else the checkpoint's own, loaded by name."""
+    if stored:
+        return tokenize.SnapshotTokenizer(**stored)
     from bertgpt.models.library import load_tokenizer
 
     return load_tokenizer(name)
 
 
-def tagging_tokenizer(name: str):
+def tagging_tokenizer(name: str, stored: dict | None = None):
+    """The library's tokenizer, whatever the checkpoint stored: aligning tags to words takes its word ids."""
     from bertgpt.data.subwords import load_tagging_tokenizer
 
     return load_tagging_tokenizer(name)
@@ -111,7 +129,7 @@ def tagging_tokenizer(name: str):
 @dataclass(frozen=True)
 class Task:
     head: str  # the backbone head its module builds
-    load_tokenizer: Callable[[str], object]  # as its datamodule loads it
+    load_tokenizer: Callable[[str, dict | None], object]  # as its datamodule loads it (name, the checkpoint's snapshot)
     lines: Callable[..., list[str]]
 
 
@@ -153,14 +171,15 @@ def load_predictor(path: str | None) -> Predictor:
         raise UserError(f"ckpt_path={path}: a {name.rsplit('.', 1)[-1]} checkpoint; predict takes those of task=sentiment and task=pos.")
     task, hparams, data = TASKS[name], blob["hyper_parameters"], dict(blob["datamodule_hyper_parameters"])
     labels = [str(label) for label in hparams["labels"]]
-    tokenizer = task.load_tokenizer(data["tokenizer"])
+    stored = blob.get("inference") or {}  # absent from checkpoints written before predict could start without transformers
+    tokenizer = task.load_tokenizer(data["tokenizer"], stored.get("tokenizer"))
     weights = {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
     lora = hparams.get("lora") or {}
     net = None
     if hparams["net"].get("_target_") == LIBRARY_BUILD and lora.get("r") is None:
         from bertgpt.models.convert import library_as_ours
 
-        net = library_as_ours(hparams["net"], task.head, len(labels), weights, tokenizer.pad_token_id)
+        net = library_as_ours(hparams["net"], task.head, len(labels), weights, tokenizer.pad_token_id, stored.get("config"))
     if net is None:
         net = build_net(hparams["net"], task.head, len(labels), path)
         if lora.get("r") is not None:  # the adapters are in the state dict as the module had them; merged once loaded

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from bertgpt.files import atomic_file
 
@@ -66,8 +67,6 @@ def batch_ids(tokenizer, texts: list[str], max_length: int | None = None, add_sp
     """
     if not getattr(tokenizer, "is_fast", False):
         return tokenizer(texts, truncation=max_length is not None, max_length=max_length, add_special_tokens=add_special_tokens)["input_ids"]
-    from tokenizers import Tokenizer
-
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_padding()
     if max_length is None:
@@ -75,6 +74,31 @@ def batch_ids(tokenizer, texts: list[str], max_length: int | None = None, add_sp
     else:
         backend.enable_truncation(max_length)
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+
+
+def snapshot(tokenizer) -> dict:
+    """What predicting with a fast tokenizer needs of it, as plain values a checkpoint can carry: its Rust backend
+    (vocabulary, normalizer, special-token template), pad id and side, and length limit."""
+    return {"backend": tokenizer.backend_tokenizer.to_str(), "pad_token_id": tokenizer.pad_token_id,
+            "padding_side": tokenizer.padding_side, "model_max_length": tokenizer.model_max_length}
+
+
+class SnapshotTokenizer:
+    """A fast tokenizer rebuilt from its `snapshot` without importing transformers (a large part of a one-sentence
+    predict's start-up: docs/performance.md), with the part of its interface that `encode`, `model_limit` and the
+    collators use. It gives the ids the Hugging Face tokenizer gives: both run the same backend
+    (tests/test_predict.py compares them on every family)."""
+
+    is_fast = True
+
+    def __init__(self, backend: str, pad_token_id: int, padding_side: str, model_max_length: int):
+        self.backend_tokenizer = Tokenizer.from_str(backend)
+        self.backend_tokenizer.no_truncation()  # as a Hugging Face call without truncation=... or padding=...
+        self.backend_tokenizer.no_padding()
+        self.pad_token_id, self.padding_side, self.model_max_length = pad_token_id, padding_side, model_max_length
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
 
 
 def model_limit(tokenizer) -> int | None:

@@ -15,18 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoConfig
-from transformers.utils import (
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
-    WEIGHTS_INDEX_NAME,
-    WEIGHTS_NAME,
-    cached_file,
-)
 
 from bertgpt.errors import UserError
 from bertgpt.models.bert import (
@@ -38,9 +31,10 @@ from bertgpt.models.bert import (
 )
 from bertgpt.models.gpt import GPT, GPTConfig, GPTForSequenceClassification, GPTForTokenClassification
 from bertgpt.models.hub import OFFLINE_HINT, from_pretrained, resolve_checkpoint
-from bertgpt.models.library import choose_head, load_tokenizer
 
-if TYPE_CHECKING:  # the export's config classes are imported where they are built: Llama's alone costs ~1 s of start-up
+# transformers is imported where a function needs it: predict builds our model from the config fields a checkpoint
+# stored (`library_as_ours`) and starts faster without it (docs/performance.md).
+if TYPE_CHECKING:
     from transformers import BertConfig as HFBertConfig
     from transformers import GPT2Config, LlamaConfig, PretrainedConfig
 
@@ -49,12 +43,24 @@ if TYPE_CHECKING:  # the export's config classes are imported where they are bui
 
 def read_hf_config(checkpoint: str) -> tuple[PretrainedConfig, int | None]:
     """The checkpoint's Hugging Face config and the pad id its tokenizer pads with (the data pipeline's)."""
+    from transformers import AutoConfig
+
+    from bertgpt.models.library import load_tokenizer
+
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
     return from_pretrained(AutoConfig, checkpoint), pad_token_id
 
 
 def read_hf_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint, as saved: safetensors when present, else the pickled `.bin` files."""
+    from transformers.utils import (
+        SAFE_WEIGHTS_INDEX_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+        cached_file,
+    )
+
     path = resolve_checkpoint(checkpoint)
     try:
         for index_name, single_name in ((SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME), (WEIGHTS_INDEX_NAME, WEIGHTS_NAME)):
@@ -405,12 +411,25 @@ LIBRARY_AS_OURS = {
 }
 
 
-def library_as_ours(net: Mapping, head: str, num_labels: int, state_dict: Mapping[str, torch.Tensor], pad_token_id: int | None) -> nn.Module | None:
+def config_fields(config: PretrainedConfig) -> dict:
+    """Every field of a Hugging Face config, defaults included, as plain JSON values a checkpoint can carry."""
+    return json.loads(config.to_json_string(use_diff=False))
+
+
+def library_as_ours(net: Mapping, head: str, num_labels: int, state_dict: Mapping[str, torch.Tensor], pad_token_id: int | None,
+                    fields: Mapping | None = None) -> nn.Module | None:
     """A trained classifier of `library.build` (its `net` config and its weights, under the library's names) as
     our model with the same weights, which computes the same logits (tests/test_predict.py) without
-    transformers' model code, most of a one-sentence predict's start-up. None for a family or a setting ours
-    lack (relative positions, scaled rotary positions, ...): the library's own class runs those."""
-    hf_config = from_pretrained(AutoConfig, net["checkpoint"])
+    transformers' model code, most of a one-sentence predict's start-up. `fields`: the backbone's config as
+    `config_fields` stored it, read without importing transformers; None reads the config of `net`'s checkpoint.
+    None for a family or a setting ours lack (relative positions, scaled rotary positions, ...): the library's
+    own class runs those."""
+    if fields is not None:  # what our config readers take of a PretrainedConfig: its fields, and its label count
+        hf_config = SimpleNamespace(num_labels=len(fields.get("id2label") or {}), **fields)
+    else:
+        from transformers import AutoConfig
+
+        hf_config = from_pretrained(AutoConfig, net["checkpoint"])
     model_cls = LIBRARY_AS_OURS.get((hf_config.model_type, head))
     if model_cls is None:
         return None
@@ -430,6 +449,8 @@ def build_bert(checkpoint: str, head: str = "sequence", num_labels: int = 2, pre
     """Our BERT on `checkpoint` with a fresh `num_labels` head: `head="sequence"` (one label per text) or
     `"token"` (one per token). `options` are `BertConfig` fields: attn_dropout, attention, n_layer, ..., and the
     switches of the attention-direction experiment, causal (a decoder's mask) and pooling (cls, mean, last)."""
+    from bertgpt.models.library import choose_head
+
     heads = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
     return build_pretrained(choose_head(heads, head), checkpoint, num_labels, pretrained, **options)
 
@@ -437,6 +458,8 @@ def build_bert(checkpoint: str, head: str = "sequence", num_labels: int = 2, pre
 def build_gpt(checkpoint: str, head: str = "sequence", num_labels: int = 2, pretrained: bool = True, **options):
     """Our GPT (GPT-2 or Llama layout, from the checkpoint) with a fresh `num_labels` head: `head="sequence"`
     (one label per text) or `"token"` (one per token). `options` are `GPTConfig` fields, pooling (last, mean, cls) among them."""
+    from bertgpt.models.library import choose_head
+
     heads = {"sequence": GPTForSequenceClassification, "token": GPTForTokenClassification}
     return build_pretrained(choose_head(heads, head), checkpoint, num_labels, pretrained, **options)
 

@@ -25,7 +25,7 @@ from torchmetrics.classification import (
 
 from bertgpt.data.collate import IGNORE
 from bertgpt.errors import UserError
-from bertgpt.inference import net_logits
+from bertgpt.inference import net_logits, snapshot
 from bertgpt.models.lora import add_lora
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 from bertgpt.training.strategies import shard_blocks
@@ -107,6 +107,7 @@ class Classifier(L.LightningModule):
         # Which task wrote it, so that eval and predict rebuild the same module and datamodule from the file alone.
         datamodule = self.trainer.datamodule
         checkpoint["task"] = {"module": qualified_name(type(self)), "datamodule": qualified_name(type(datamodule)) if datamodule else None}
+        checkpoint["inference"] = snapshot(self.net, getattr(datamodule, "tokenizer", None))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         best = checkpoint.get("val_acc_best")
