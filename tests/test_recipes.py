@@ -1,0 +1,56 @@
+"""The experiment recipes (conf/experiment/) and bench/bench_best.py's summary of the recorded best-recipe runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "reports" / "best" / "runs"
+
+
+def test_the_best_recipe_is_the_long_text_one():
+    from hydra import compose, initialize_config_dir
+
+    from bertgpt import cli  # noqa: F401  (the resolvers)
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=best"])
+    assert (cfg.data.max_length, cfg.data.truncation) == (512, "head_tail")
+    assert (cfg.model.lr, cfg.model.warmup_ratio, cfg.trainer.max_epochs) == (5e-5, 0.1, 3)
+    assert cfg.model.net.checkpoint == "all-minilm-l6-v2" and cfg.test is True
+
+
+@pytest.fixture(scope="module")
+def bench_best():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_best
+
+    return bench_best
+
+
+def test_the_summary_reads_the_recorded_runs(bench_best, capsys):
+    folders = sorted(RUNS.glob("best-*"))
+    assert len(folders) == 3
+    summary, correct = bench_best.summarise("best", folders)
+    accuracies = [json.loads((f / "metrics.json").read_text())["test/acc"] for f in folders]
+    assert correct.shape == (3, 2500)
+    assert summary["mean"] == pytest.approx(sum(accuracies) / 3, abs=1e-4)
+    assert summary["low"] < summary["mean"] < summary["high"]
+    for folder, accuracy in zip(folders, accuracies, strict=True):
+        run = summary["runs"][folder.name]
+        assert len(run["val_acc_per_epoch"]) == 3 and run["train_s"] > 0
+        # the tested checkpoint is the best epoch on the held-out split, which was the last in every recorded run
+        assert run["val_acc_per_epoch"][-1] == pytest.approx(accuracy, abs=1e-4) == max(run["val_acc_per_epoch"])
+    assert "over 3 seed(s), 2,500 held-out reviews" in capsys.readouterr().out
+
+
+def test_the_summary_refuses_runs_without_predictions(bench_best, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))
+    with pytest.raises(SystemExit, match="no predictions.json"):
+        bench_best.summarise("x", [run])
