@@ -117,7 +117,7 @@ bench-long: $(STAMP)  ## time to 88%, 90% and 91% held-out accuracy with model=b
 	$(PY) bench/bench_time_to_accuracy.py $(ARGS)
 
 bench-best: $(STAMP)  ## experiment=best (512 tokens head+tail, 3 epochs) over seeds, with a bootstrap interval; e.g. ARGS="--seeds 2024" on a CPU (~1 h on the Zen 5)
-	$(PY) bench/bench_best.py $(ARGS)
+	$(PY) bench/bench_accuracy.py $(ARGS)
 
 tensorboard: $(STAMP)  ## serve the TensorBoard dashboards of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all

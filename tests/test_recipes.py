@@ -1,4 +1,4 @@
-"""The experiment recipes (conf/experiment/) and bench/bench_best.py's summary of the recorded best-recipe runs."""
+"""The experiment recipes (conf/experiment/) and bench/bench_accuracy.py's summary of the recorded best-recipe runs."""
 
 from __future__ import annotations
 
@@ -25,17 +25,17 @@ def test_the_best_recipe_is_the_long_text_one():
 
 
 @pytest.fixture(scope="module")
-def bench_best():
+def bench_accuracy():
     sys.path.insert(0, str(ROOT / "bench"))
-    import bench_best
+    import bench_accuracy
 
-    return bench_best
+    return bench_accuracy
 
 
-def test_the_summary_reads_the_recorded_runs(bench_best, capsys):
+def test_the_summary_reads_the_recorded_runs(bench_accuracy, capsys):
     folders = sorted(RUNS.glob("best-*"))
     assert len(folders) == 3
-    summary, correct = bench_best.summarise("best", folders)
+    summary, correct = bench_accuracy.summarise("best", folders)
     accuracies = [json.loads((f / "metrics.json").read_text())["test/acc"] for f in folders]
     assert correct.shape == (3, 2500)
     assert summary["mean"] == pytest.approx(sum(accuracies) / 3, abs=1e-4)
@@ -48,9 +48,9 @@ def test_the_summary_reads_the_recorded_runs(bench_best, capsys):
     assert "over 3 seed(s), 2,500 held-out reviews" in capsys.readouterr().out
 
 
-def test_the_summary_refuses_runs_without_predictions(bench_best, tmp_path):
+def test_the_summary_refuses_runs_without_predictions(bench_accuracy, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))
     with pytest.raises(SystemExit, match="no predictions.json"):
-        bench_best.summarise("x", [run])
+        bench_accuracy.summarise("x", [run])

@@ -1,21 +1,24 @@
-"""`experiment=best`'s held-out accuracy over seeds, and against another recipe on the same seeds.
+"""A recipe's held-out accuracy over seeds, and paired against a second recipe on the same seeds and reviews.
 
-    python bench/bench_best.py [--seeds 2024 2025 2026] [--against "model.lr=3e-5 trainer.max_epochs=5"] [-- overrides]
-    python bench/bench_best.py --runs reports/best/runs/b-* [--against-runs reports/best/runs/d-*] --trained-on "..."
+    python bench/bench_accuracy.py [--recipe experiment=best] [--seeds 2024 2025 2026] [--against "model.lr=3e-5 trainer.max_epochs=5"]
+    python bench/bench_accuracy.py --recipe "model=bert" --seeds 2024 --against "model.net.dropout=0.0"
+    python bench/bench_accuracy.py --runs reports/best/runs/best-* [--against-runs reports/best/runs/epochs5-*] --trained-on "..."
 
-Trains `src/train.py experiment=best` once per seed (runs kept in logs/bench-best/, so they can be summarised
-again with --runs), or summarises runs made already. Prints each seed's held-out accuracy and validation curve
-per epoch, the training time (the sum of the epochs' times, validation excluded), the mean with a 95% bootstrap
-interval that resamples reviews and seeds (`bertgpt.experiments.stats`), and with --against / --against-runs the
-paired difference on the same held-out reviews. The held-out reviews are the 2,500 of the 9:1 split; the tested
-checkpoint is the best epoch on them (in every run measured so far, the last). Results, with the machine:
-bench/results/best.json.
+Trains `src/train.py <recipe>` once per seed, and `<recipe> <against>` likewise (run folders kept under
+logs/bench-accuracy/<time>/, so they can be summarised again with --runs), or summarises runs made already.
+Prints each seed's held-out accuracy and validation curve per epoch, the training time (the sum of the epochs'
+times, validation excluded), the mean with a 95% bootstrap interval that resamples reviews and seeds
+(`bertgpt.experiments.stats`), and the paired difference on the same held-out reviews. The held-out reviews are
+the 2,500 of the 9:1 split, and the tested checkpoint is the best epoch on them: a recipe whose best epoch is
+not its last has been chosen on its test set (the curve shows it). Results, with the machine:
+bench/results/accuracy.json. `make bench-best` runs it on `experiment=best`.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +28,9 @@ from bertgpt.experiments.compare_report import read_run, train_seconds
 from bertgpt.experiments.stats import bootstrap_accuracy, paired_bootstrap
 
 
-def train(name: str, seeds: list[int], overrides: list[str]) -> list[Path]:
-    out = ROOT / "logs" / "bench-best"
+def train(out: Path, name: str, seeds: list[int], overrides: list[str]) -> list[Path]:
     for seed in seeds:
-        run_train(f"{name}-{seed}", ["experiment=best", f"seed={seed}", *overrides], out, ("test/acc",))
+        run_train(f"{name}-{seed}", [*overrides, f"seed={seed}"], out, ("test/acc",))
     return [out / f"{name}-{seed}" for seed in seeds]
 
 
@@ -57,30 +59,32 @@ def summarise(label: str, folders: list[Path]) -> tuple[dict, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="experiment=best", help="src/train.py overrides, as one string")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
-    parser.add_argument("--against", help="a second recipe: overrides on top of experiment=best, run on the same seeds")
+    parser.add_argument("--against", help="a second recipe: overrides on top of --recipe, run on the same seeds")
     parser.add_argument("--runs", type=Path, nargs="+", help="summarise these run folders instead of training")
     parser.add_argument("--against-runs", type=Path, nargs="+", help="with --runs: the second recipe's run folders")
     parser.add_argument("--trained-on", help="with --runs: the machine the runs trained on (default: this one)")
-    parser.add_argument("overrides", nargs="*", help="more src/train.py overrides for the recipe (after --)")
     args = parser.parse_args()
     host = machine()
     print(f"this machine: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads"
           + (f", {host['gpu']}" if host.get("gpu") else ""), flush=True)
+    recipe_overrides = shlex.split(args.recipe)
     if args.runs:
         recipe, against = args.runs, args.against_runs
     else:
-        recipe = train("best", args.seeds, args.overrides)
-        against = train("against", args.seeds, [*args.overrides, *shlex.split(args.against)]) if args.against else None
-    results = {"trained_on": args.trained_on or "this machine", "overrides": args.overrides}
-    results["recipe"], correct = summarise("experiment=best " + " ".join(args.overrides), recipe)
+        out = ROOT / "logs" / "bench-accuracy" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        recipe = train(out, "recipe", args.seeds, recipe_overrides)
+        against = train(out, "against", args.seeds, [*recipe_overrides, *shlex.split(args.against)]) if args.against else None
+    results = {"trained_on": args.trained_on or "this machine", "recipe_overrides": args.recipe, "against_overrides": args.against}
+    results["recipe"], correct = summarise(args.recipe if not args.runs else "recipe (runs given)", recipe)
     if against:
-        results["against"], other = summarise(f"against ({args.against or 'runs given'})", against)
+        results["against"], other = summarise(f"{args.recipe} {args.against}" if args.against else "against (runs given)", against)
         difference = paired_bootstrap(correct, other)
-        print(f"best - against: {difference.mean:+.2%} [{difference.low:+.2%}, {difference.high:+.2%}], {difference.verdict}")
+        print(f"recipe - against: {difference.mean:+.2%} [{difference.low:+.2%}, {difference.high:+.2%}], {difference.verdict}")
         results["difference"] = {"mean": round(difference.mean, 4), "low": round(difference.low, 4),
                                  "high": round(difference.high, 4), "verdict": difference.verdict}
-    save("best", results)
+    save("accuracy", results)
 
 
 if __name__ == "__main__":
