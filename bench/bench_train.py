@@ -12,10 +12,10 @@ training split), with the same batch, AdamW (lr 2e-5, eps 1e-8), gradient clippi
 - hf-trainer: `transformers.Trainer` with its own defaults (random batches padded per batch by
   `DataCollatorWithPadding`) at our precision (bf16 autocast where the CPU has it);
 - ours-trainer-settings: ours (below) with the Trainer's settings (random batches, the checkpoint's attention
-  dropout 0.1, transformers' SDPA attention, glibc's default allocator; fused AdamW, the Trainer's default
+  and hidden dropout 0.1, transformers' SDPA attention, glibc's default allocator; fused AdamW, the Trainer's default
   since transformers 5): what is left when only the framework differs;
-- ours: `src/train.py model=bert`'s defaults through Lightning (length-grouped batches, attention dropout
-  off, matmul attention on a CPU, freed memory kept for the next step, fused AdamW, same precision);
+- ours: `src/train.py model=bert`'s defaults through Lightning (length-grouped batches, attention and hidden
+  dropout off, matmul attention on a CPU, freed memory kept for the next step, fused AdamW, same precision);
 - ours-compile (--compile): ours with `compile=true`.
 
 The arms run in this order in one process, whatever order --arms names them in: `ours` is the first to keep
@@ -361,7 +361,7 @@ def main() -> None:
                     ours(checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed, [],
                          compile=arm == "ours-compile", host=not args.glibc_default_malloc)
                 else:  # ours-trainer-settings; the Trainer fuses AdamW too
-                    settings = ["model.net.attn_dropout=null", "data.group_by_length=false", "model.net.attention=sdpa"]
+                    settings = ["model.net.attn_dropout=null", "model.net.dropout=null", "data.group_by_length=false", "model.net.attention=sdpa"]
                     ours(checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed, settings,
                          compile=False, host=False)
             figures[arm] = window.figures(flops, peak)

@@ -82,7 +82,9 @@ def test_sharded_training_on_two_cpu_processes_resumes_from_its_checkpoint(tiny_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored all states from the checkpoint at {run}/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
     epoch_two = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (epoch_two["epoch"], epoch_two["global_step"]) == (2, 2 * steps)
+    # Two epochs processed. Which hook wrote last.ckpt (validation end when val/acc improved, so "epoch" 1, else the
+    # train epoch's end, "epoch" 2) depends on the tiny model's accuracy; the loop's progress does not.
+    assert (epoch_two["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"], epoch_two["global_step"]) == (2, 2 * steps)
     # AdamW's state came back from the file: its step count continued rather than restarting at 0.
     assert {float(s["step"]) for s in epoch_two["optimizer_states"][0]["state"].values()} == {2.0 * steps}
     assert not torch.equal(epoch_two["state_dict"]["net.classifier.weight"], epoch_one["state_dict"]["net.classifier.weight"])
