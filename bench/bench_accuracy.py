@@ -36,6 +36,9 @@ def train(out: Path, name: str, seeds: list[int], overrides: list[str]) -> list[
 
 def summarise(label: str, folders: list[Path]) -> tuple[dict, np.ndarray]:
     """Each run's accuracy, curve and time, and the recipe's mean with its interval; the correctness matrix."""
+    unfinished = [str(f) for f in folders if not (f / "metrics.json").is_file()]
+    if unfinished:
+        raise SystemExit(f"error: no metrics.json in {', '.join(unfinished)}: not a finished src/train.py run folder")
     runs = [read_run(folder.parent, folder.name, {}) for folder in folders]
     missing = [str(f) for f, r in zip(folders, runs, strict=True) if r.correct is None]
     if missing:

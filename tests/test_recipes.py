@@ -74,3 +74,5 @@ def test_the_summary_refuses_runs_without_predictions(bench_accuracy, tmp_path):
     (run / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))
     with pytest.raises(SystemExit, match="no predictions.json"):
         bench_accuracy.summarise("x", [run])
+    with pytest.raises(SystemExit, match="no metrics.json in .*missing: not a finished"):
+        bench_accuracy.summarise("x", [tmp_path / "missing"])
