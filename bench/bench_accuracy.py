@@ -17,6 +17,7 @@ bench/results/accuracy.json. `make bench-best` runs it on `experiment=best`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import time
 from pathlib import Path
@@ -26,6 +27,11 @@ from common import ROOT, machine, run_train, save
 
 from bertgpt.experiments.compare_report import read_run, train_seconds
 from bertgpt.experiments.stats import bootstrap_accuracy, paired_bootstrap
+
+
+def rounded(interval) -> dict:
+    """An `Interval` or `Difference` as JSON: its fields, the numbers to 4 places."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(interval).items()}
 
 
 def train(out: Path, name: str, seeds: list[int], overrides: list[str]) -> list[Path]:
@@ -56,7 +62,7 @@ def summarise(label: str, folders: list[Path]) -> tuple[dict, np.ndarray]:
               f"{run.metrics.get('train/samples_per_sec', 0):,.0f} samples/s")
         per_run[folder.name] = {"test_acc": run.metrics["test/acc"], "val_acc_per_epoch": curve,
                                 "train_s": round(seconds, 1), "samples_per_sec": run.metrics.get("train/samples_per_sec")}
-    summary = {"mean": round(interval.mean, 4), "low": round(interval.low, 4), "high": round(interval.high, 4), "runs": per_run}
+    summary = {**rounded(interval), "runs": per_run}
     return summary, correct
 
 
@@ -85,8 +91,7 @@ def main() -> None:
         results["against"], other = summarise(f"{args.recipe} {args.against}" if args.against else "against (runs given)", against)
         difference = paired_bootstrap(correct, other)
         print(f"recipe - against: {difference.mean:+.2%} [{difference.low:+.2%}, {difference.high:+.2%}], {difference.verdict}")
-        results["difference"] = {"mean": round(difference.mean, 4), "low": round(difference.low, 4),
-                                 "high": round(difference.high, 4), "verdict": difference.verdict}
+        results["difference"] = rounded(difference)
     save("accuracy", results)
 
 
