@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bertgpt.cli import compose
 from bertgpt.errors import UserError
-from bertgpt.experiments.compare import ARMS
+from bertgpt.experiments.compare import ARMS, leaves, settings_since
 from bertgpt.experiments.compare_report import read_events, write_report
 from bertgpt.experiments.stats import t_interval
 
@@ -232,6 +233,7 @@ def test_a_run_reproduces_with_its_own_command_and_a_changed_result_is_caught(ti
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert re.search(r"pos_bert_bi reproduced: predictions\.json:prediction, test/acc, .*test/f1.* identical \(\d+ predictions\)", result.stdout)
     record = json.loads((folder / "reproduced" / "pos_bert_bi" / "reproduced.json").read_text())
+    assert record["restored"] == []  # conf/ is what the run was composed from: nothing to restore
     assert record["identical"] and record["items"] > 0 and record["first"] == record["again"] and 0 < record["first"]["test/acc"] < 1
     text = write_report(folder, tmp_path / "reports").read_text()
     assert re.search(r"- `pos_bert_bi`, run again on .* test/acc 0\.\d{4} then 0\.\d{4}.*predictions: \*\*identical\*\*\.", text)
@@ -243,6 +245,27 @@ def test_a_run_reproduces_with_its_own_command_and_a_changed_result_is_caught(ti
     result = run_script("compare", f"reproduce={copy / 'pos_bert_bi'}", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2 and result.stderr.strip().startswith("error: pos_bert_bi did not reproduce: test/acc: "), result.stderr[-2000:]
     assert not json.loads((copy / "reproduced" / "pos_bert_bi" / "reproduced.json").read_text())["identical"]
+
+
+@pytest.mark.slow
+def test_reproduce_restores_the_settings_a_run_had_where_conf_changed_since(tiny_compare, tmp_path):
+    folder, *_ = tiny_compare
+    run = tmp_path / "pos_bert_bi"
+    shutil.copytree(folder / "pos_bert_bi" / ".hydra", run / ".hydra")
+    command = json.loads((folder / "compare.json").read_text())["runs"]["pos_bert_bi"]["command"]
+    args = [a for a in shlex.split(command)[2:] if not a.startswith("hydra.run.dir=")]
+    assert settings_since(run, args) == []
+    # As if conf/'s defaults had changed since the run: its saved config holds other values than its command gives today.
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    changed = {"model.lr": 3e-05, "model.net.dropout": None, "model.lora.target_modules": ["query", "value"], "task_name": "it's, a {test} = x"}
+    assert all(OmegaConf.select(saved, key) != value for key, value in changed.items())
+    for key, value in changed.items():
+        OmegaConf.update(saved, key, value)
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    restored = settings_since(run, args)
+    assert sorted(r.split("=", 1)[0] for r in restored) == sorted(f"++{key}" for key in changed)
+    again = leaves(OmegaConf.to_container(compose("train", args + restored), resolve=False))
+    assert again == leaves(OmegaConf.to_container(saved, resolve=False))
 
 
 def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny, toy_csv, tmp_path):

@@ -94,15 +94,22 @@ def discard_run_dir(output_dir: str) -> None:
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
     """`conf/<config_name>.yaml` with `key=value` overrides, as `hydra.main` composes it, without its run folder,
-    log file and logging set-up: for a command that writes nothing (predict). A bad override is a user error."""
+    log file and logging set-up: for a command that writes nothing (predict), or for a command to look at another
+    run's config (compare's reproduce). A bad override is a user error."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
+    outer = get_gh_backup()  # inside a hydra.main run Hydra is initialized: compose beside it, then give it back
+    GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3", job_name=config_name):
             return compose(config_name, overrides)
     except HydraException as err:  # an unknown key, a missing group option, a grammar error: Hydra's own words
         raise UserError(" ".join(str(err).split())) from err
+    finally:
+        restore_gh_from_backup(outer)
 
 
 def hydra_quote(text: str) -> str:

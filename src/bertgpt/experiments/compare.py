@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt import ROOT
-from bertgpt.cli import exit_on_user_error, hydra_value
+from bertgpt.cli import compose, exit_on_user_error, hydra_quote, hydra_value
 from bertgpt.errors import UserError
 from bertgpt.host import best_precision, machine
 
@@ -390,18 +390,60 @@ def measured(folder: Path) -> dict:
     return found
 
 
+def leaves(node, prefix: str = "") -> dict:
+    """A config as {dotted key: value}, lists kept whole."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def override_value(value) -> str:
+    """`value` (a config leaf: None, bool, number, string, or a list or dict of them) in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    return hydra_quote(str(value))
+
+
+def settings_since(run_folder: Path, overrides: list[str]) -> list[str]:
+    """Overrides that give a run again the settings it ran with, where conf/ has changed since: `++key=value` for each
+    setting whose value in the run's saved config (.hydra/config.yaml) differs from what its command composes today.
+    A default changed after a compare (hidden dropout's, say) would otherwise change what its command runs."""
+    saved = run_folder / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        log.warning("%s has no .hydra/config.yaml: it runs again with today's conf/ defaults.", run_folder.name)
+        return []
+    config_name = OmegaConf.load(run_folder / ".hydra" / "hydra.yaml").hydra.job.config_name
+    then = leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
+    today = leaves(OmegaConf.to_container(compose(config_name, overrides), resolve=False))
+    restored = [f"++{key}={override_value(value)}" for key, value in then.items() if key in today and today[key] != value]
+    for key in sorted(set(then) - set(today)):
+        log.warning("%s ran with %s=%s, a setting conf/ no longer has: it runs again without it.", run_folder.name, key, then[key])
+    if restored:
+        log.info("conf/ changed since %s ran; restoring its settings: %s", run_folder.name, " ".join(restored))
+    return restored
+
+
 def reproduce(run_folder: Path, heartbeat_s: float) -> dict:
-    """Runs a finished compare run again with the command compare.json recorded for it, into
-    `<compare dir>/reproduced/<run>`, and compares what the two measured; writes reproduced.json there.
-    Raises when they differ."""
+    """Runs a finished compare run again with the command compare.json recorded for it, plus the settings conf/ has
+    changed since (from its saved config), into `<compare dir>/reproduced/<run>`, and compares what the two
+    measured; writes reproduced.json there. Raises when they differ."""
     run_folder = run_folder.expanduser().resolve()
     manifest = run_folder.parent / MANIFEST
     record = json.loads(manifest.read_text())["runs"].get(run_folder.name) if manifest.is_file() else None
     if not record or not (run_folder / "metrics.json").is_file():
         raise UserError(f"reproduce={run_folder}: not a finished run of a compare (its folder's compare.json has no such run, or it left no "
                         "metrics.json). Name a run folder, e.g. reproduce=logs/compare/default/bert_seed2024.")
-    args = shlex.split(record["command"])[2:]
-    run = Run(run_folder.name, record["script"], [a for a in args if not a.startswith("hydra.run.dir=")], record["part"], record["description"])
+    args = [a for a in shlex.split(record["command"])[2:] if not a.startswith("hydra.run.dir=")]
+    restored = settings_since(run_folder, args)
+    run = Run(run_folder.name, record["script"], args + restored, record["part"], record["description"])
     again = run_folder.parent / REPRODUCED / run_folder.name
     shutil.rmtree(again, ignore_errors=True)
     log.info("Reproducing %s: %s", run_folder.name, run.command(again))
@@ -409,7 +451,7 @@ def reproduce(run_folder: Path, heartbeat_s: float) -> dict:
     first, second = measured(run_folder), measured(again)
     differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
     items = len(first.get("predictions.json:prediction") or [])
-    result = {"run": run_folder.name, "command": run.command(again), "date": now(), "machine": machine(), "wall_s": seconds,
+    result = {"run": run_folder.name, "command": run.command(again), "restored": restored, "date": now(), "machine": machine(), "wall_s": seconds,
               "compared": sorted(first), "items": items, "identical": not differ, "differ": differ,
               "first": {k: v for k, v in first.items() if not k.endswith((":prediction", ":accuracy"))},
               "again": {k: v for k, v in second.items() if not k.endswith((":prediction", ":accuracy"))}}
