@@ -5,9 +5,10 @@
 One training step (forward, loss, backward, clipping, fused AdamW, the autocast precision `src/train.py` picks
 here) on one fixed batch of 32 x `--length` random token ids, so every mode sees a single shape and compiles
 once: `eager`; `static` (`compile(dynamic=False)`); `dynamic` (torch's default, as `compile=true` calls it);
-`max-autotune` (Inductor also benchmarks its own GEMM templates). Each mode runs in its own process (a fresh
-Inductor), prints the seconds of its first 3 steps (the compiling) and the steady ms per step after them. A
-length-grouped run adds recompiles on top (`bench_train.py --compile`, with `TORCH_LOGS=recompiles`).
+`max-autotune` (Inductor also benchmarks its own GEMM templates); `cpp-wrapper` (static, with Inductor calling
+its kernels from generated C++ rather than Python; not in the default list). Each mode runs in its own process
+(a fresh Inductor), prints the seconds of its first 3 steps (the compiling) and the steady ms per step after
+them. A length-grouped run adds recompiles on top (`bench_train.py --compile`, with `TORCH_LOGS=recompiles`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import time
 from common import ROOT, machine, save
 
 BATCH = 32
-MODES = {"eager": None, "static": {"dynamic": False}, "dynamic": {}, "max-autotune": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"}}
+MODES = {"eager": None, "static": {"dynamic": False}, "dynamic": {}, "max-autotune": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"},
+         "cpp-wrapper": {"dynamic": False, "options": {"cpp_wrapper": True}}}
+DEFAULT_MODES = ["eager", "static", "dynamic", "max-autotune"]  # what `make bench` times
 
 
 def one_mode(mode: str, length: int, steps: int) -> None:
@@ -61,7 +64,7 @@ def one_mode(mode: str, length: int, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=DEFAULT_MODES)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8, help="steps timed after the 3 first ones")
     parser.add_argument("--one", choices=list(MODES), help=argparse.SUPPRESS)  # a mode's own process

@@ -36,3 +36,24 @@ def test_the_speed_defaults_follow_the_hardware(gpu, monkeypatch):
     assert cfg.trainer.precision == best_precision() == ("bf16-mixed" if gpu or cpu_kind() in ("AVX-512 + AMX", "AVX-512 BF16") else "32-true")
     assert (cfg.data.max_length, cfg.data.truncation, cfg.trainer.val_check_interval) == (256, "head_tail", 0.25)
     assert cfg.callbacks.reach_target.stopping_threshold == 0.9 and "model_checkpoint" in cfg.callbacks
+
+
+@pytest.mark.parametrize(("cap", "kind"), [(None, "AVX-512 + AMX"), ("ALL", "AVX-512 + AMX"), ("AVX512_CORE_BF16", "AVX-512 BF16"),
+                                           ("AVX512_CORE_VNNI", "AVX-512"), ("AVX2", "AVX2"), ("avx2", "AVX2")])
+def test_an_isa_cap_makes_the_machine_the_kind_of_its_cap(cap, kind, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN's bf16 matmuls off AVX-512 BF16 and AMX: bf16 is emulated there, so the
+    run trains in fp32 like an AVX2 CPU's, and says why it is that kind."""
+    import torch
+
+    from bertgpt import host
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(host, "cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
+    for name in host.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert host.cpu_kind() == kind
+    assert host.best_precision() == ("bf16-mixed" if kind in ("AVX-512 + AMX", "AVX-512 BF16") else "32-true")
+    described = host.machine()["cpu_kind"]
+    assert described == (kind if cap is None else f"{kind} under ONEDNN_MAX_CPU_ISA={cap}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import sys
 from pathlib import Path
@@ -58,11 +59,37 @@ def cpu_flags() -> set[str] | None:
     return set(line.split(":", 1)[1].split()) if line else None
 
 
+# Environment variables that keep torch's kernels below what the CPU has: ATen's vector kernels, oneDNN's (the
+# bf16 matmuls) and MKL's (the fp32 ones). Set all three to AVX2 to run an AVX-512 machine as an AVX2 one.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> dict[str, str]:
+    """The instruction-set ceilings this process runs under (ISA_CAPS that are set)."""
+    return {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
+
+
+def under_onednn_cap(names: set[str]) -> set[str]:
+    """`names` without the flags oneDNN may not use under ONEDNN_MAX_CPU_ISA: a bf16 matmul is only fast where
+    oneDNN is allowed AVX-512 BF16 or AMX."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap == "ALL" or "AMX" in cap:
+        return names
+    no_amx = {n for n in names if not n.startswith("amx")}
+    if "BF16" in cap or "FP16" in cap or cap.startswith("AVX10"):
+        return no_amx
+    if cap.startswith("AVX512"):
+        return no_amx - {"avx512_bf16"}
+    return {n for n in no_amx if not n.startswith("avx512")}
+
+
 def cpu_kind() -> str:
-    """What decides speed on a CPU of this project's machines: AMX and AVX-512 BF16 run bf16 fast; AVX2 alone runs fp32."""
+    """What decides speed on a CPU of this project's machines: AMX and AVX-512 BF16 run bf16 fast; AVX2 alone runs
+    fp32. An AVX-512 CPU whose oneDNN is capped (ONEDNN_MAX_CPU_ISA=AVX2) counts as the kind of its cap."""
     names = cpu_flags()
     if names is None:
         return "unknown"
+    names = under_onednn_cap(names)
     for flag, kind in (("amx_bf16", "AVX-512 + AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
         if flag in names:
             return kind
@@ -93,14 +120,13 @@ def best_precision() -> str:
 
 def machine() -> dict:
     """Where a figure was measured, for reports and benchmarks: without it a number means nothing a week later."""
-    import os
-
     import torch
     import transformers
 
+    caps = " ".join(f"{name}={value}" for name, value in isa_caps().items())
     return {
-        "cpu": cpu_name(), "cpu_kind": cpu_kind(), "cpu_flags": sorted(set(SPEED_FLAGS) & (cpu_flags() or set())),
-        "torch_kernels": torch_kernels(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpu_kind": cpu_kind() + (f" under {caps}" if caps else ""),
+        "cpu_flags": sorted(set(SPEED_FLAGS) & (cpu_flags() or set())), "torch_kernels": torch_kernels(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "precision": best_precision(),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "host": platform.node(),
