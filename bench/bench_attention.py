@@ -1,6 +1,6 @@
 """Attention alone, forward + backward: PyTorch's SDPA against our matmul path, before and after keeping freed memory.
 
-    python bench/bench_attention.py [--lengths 64 128 192 256 384 512] [--batch 32] [--heads 12] [--head-dim 32]
+    python bench/bench_attention.py [--lengths 64 128 192 256 384 512] [--batch 32] [--heads 12] [--head-dim 32] [--dtype fp32]
 
 One layer's attention of `model=bert` (all-MiniLM-L6-v2: 12 heads of 32) on a (B, heads, T, head_dim) batch
 whose rows have random lengths in [T/2, T] (a key-padding mask), at the training precision (bf16 where the
@@ -48,8 +48,10 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=["training", "fp32", "bf16"], default="training",
+                        help="training: the training precision here (bf16 where the CPU has it, else fp32)")
     args = parser.parse_args()
-    dtype = torch.bfloat16 if supports_bf16() else torch.float32
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype, torch.bfloat16 if supports_bf16() else torch.float32)
     print(f"attention forward + backward, ms: batch {args.batch}, {args.heads} heads of {args.head_dim}, {dtype}, "
           f"{torch.get_num_threads()} threads", flush=True)
     figures: dict[str, dict[str, dict[str, float]]] = {}

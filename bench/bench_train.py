@@ -344,7 +344,8 @@ def main() -> None:
     count = args.batch_size * (args.warmup + args.steps)
     results = {"gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "batch_size": args.batch_size,
                "checkpoint": checkpoint, "random_init": args.random_init, "device": str(DEVICE),
-               "steps": args.steps, "warmup": args.warmup, "precision": precision, "lengths": {}}
+               "steps": args.steps, "warmup": args.warmup, "precision": precision, "overrides": args.override,
+               "glibc_default_malloc": args.glibc_default_malloc, "lengths": {}}
     for max_length in args.lengths:
         data, tokenizer = reviews(checkpoint, max_length, count)
         figures = {}

@@ -66,15 +66,18 @@ def test_dropout_drops_attention_weights_only_when_asked():
     assert not torch.allclose(dropped, matmul_attention(q, k, v))
 
 
-def test_cpu_tensors_take_the_matmul_path(monkeypatch):
-    """On a CPU the dispatcher must not reach PyTorch's SDPA: that is the slow fused kernel being avoided."""
+@pytest.mark.parametrize(("dtype", "path"), [(torch.bfloat16, "matmul"), (torch.float32, "sdpa")])
+def test_a_cpu_takes_the_matmul_path_in_bf16_and_sdpa_in_fp32(dtype, path, monkeypatch):
+    """On a CPU in bf16 PyTorch's SDPA is the slow fused kernel being avoided; in fp32 it is the faster one."""
+    from bertgpt.models import attention
 
-    def fail(*args, **kwargs):
-        raise AssertionError("F.scaled_dot_product_attention was called on a CPU tensor")
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", fail)
-    q, k, v = qkv()
+    taken = []
+    sdpa, matmul = F.scaled_dot_product_attention, attention.matmul_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: taken.append("sdpa") or sdpa(*a, **kw))
+    monkeypatch.setattr(attention, "matmul_attention", lambda *a, **kw: taken.append("matmul") or matmul(*a, **kw))
+    q, k, v = (t.to(dtype) for t in qkv())
     assert scaled_dot_product_attention(q, k, v, attn_mask=key_padding()).shape == (3, 4, 9, 8)
+    assert taken == [path]
 
 
 def test_library_and_own_models_take_the_attention_setting(tiny_bert, tiny_gpt2):

@@ -1,11 +1,13 @@
 """Scaled dot-product attention with the contract of `F.scaled_dot_product_attention`, fast on CPUs too.
 
-On a GPU it is PyTorch's SDPA (flash, cuDNN or memory-efficient kernels). On a CPU, SDPA picks its fused
-flash kernel, whose backward pass is slow for the small heads of these models: for MiniLM's (32, 12, T, 32)
-batch, forward + backward take 61 ms per layer at T=128 against 17 ms for two batched matmuls and a softmax in
-bf16 (`bench/bench_attention.py`), and the matmuls stay ahead up to T=512 once large tensors stop paying for
-fresh pages (`bertgpt.host.keep_freed_memory`). So on a CPU the scores are materialised:
-softmax(q kᵀ · scale + mask) v. `attention="sdpa"` (`model.net.attention`) keeps PyTorch's choice everywhere.
+On a GPU it is PyTorch's SDPA (flash, cuDNN or memory-efficient kernels). On a CPU in bf16, SDPA picks its
+fused flash kernel, whose backward pass is slow for the small heads of these models: for MiniLM's (32, 12, T, 32)
+batch, forward + backward take 61 ms per layer at T=128 against 17 ms for two batched matmuls and a softmax
+(`bench/bench_attention.py`), and the matmuls stay ahead up to T=512 once large tensors stop paying for fresh
+pages (`bertgpt.host.keep_freed_memory`). So on a CPU in bf16 the scores are materialised:
+softmax(q kᵀ · scale + mask) v. In fp32 (a CPU without bf16) the flash kernel is the faster one (its layer
+takes 0.67-0.74x the matmuls' time from T=128 on), so fp32 goes to SDPA too. `attention="sdpa"`
+(`model.net.attention`) keeps PyTorch's choice everywhere.
 
 The Hugging Face models use it too: `hf_attention` is registered with transformers' `AttentionInterface` as
 `attn_implementation="bertgpt"`, with SDPA's boolean masks.
@@ -20,18 +22,23 @@ import torch.nn.functional as F
 
 from bertgpt.errors import UserError
 
-ATTENTION_CHOICES = ("auto", "sdpa")  # auto: matmuls on a CPU, SDPA elsewhere; sdpa: PyTorch's SDPA everywhere
+ATTENTION_CHOICES = ("auto", "sdpa")  # auto: matmuls on a CPU in bf16, SDPA elsewhere; sdpa: PyTorch's SDPA everywhere
 
 
 def check_choice(attention: str) -> str:
     if attention not in ATTENTION_CHOICES:
-        raise UserError(f"attention={attention}: choose auto (matmul attention on a CPU, SDPA on a GPU) or sdpa.")
+        raise UserError(f"attention={attention}: choose auto (matmul attention on a CPU in bf16, SDPA otherwise) or sdpa.")
     return attention
 
 
+def fused_is_faster(q: torch.Tensor) -> bool:
+    """Where PyTorch's SDPA beats the matmul path: on a GPU, and in fp32 on a CPU (docs/performance.md)."""
+    return q.device.type != "cpu" or q.dtype == torch.float32
+
+
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """`F.scaled_dot_product_attention`'s arguments and result, (B, nh, T, hs); on a CPU, the matmul path."""
-    if q.device.type != "cpu":
+    """`F.scaled_dot_product_attention`'s arguments and result, (B, nh, T, hs); on a CPU in bf16, the matmul path."""
+    if fused_is_faster(q):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
         )
@@ -62,7 +69,7 @@ def matmul_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 
 def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention-function contract (see its `sdpa_attention_forward`): (B, T, nh, hs) out."""
-    if query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+    if fused_is_faster(query) or kwargs.get("position_bias") is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
