@@ -15,7 +15,7 @@ training split), with the same batch, AdamW (lr 2e-5, eps 1e-8), gradient clippi
   and hidden dropout 0.1, transformers' SDPA attention, glibc's default allocator; fused AdamW, the Trainer's default
   since transformers 5): what is left when only the framework differs;
 - ours: `src/train.py model=bert`'s defaults through Lightning (length-grouped batches, attention and hidden
-  dropout off, matmul attention on a CPU, freed memory kept for the next step, fused AdamW, same precision);
+  dropout off, matmul attention on a CPU in bf16, freed memory kept for the next step, fused AdamW, same precision);
 - ours-compile (--compile): ours with `compile=true`.
 
 The arms run in this order in one process, whatever order --arms names them in: `ours` is the first to keep

@@ -43,7 +43,7 @@ class BertConfig:
     num_labels: int = 2
     pad_token_id: int | None = 0  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
-    attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
+    attention: str = "auto"  # auto: matmul attention on a CPU in bf16, else SDPA (models/attention.py); sdpa: SDPA everywhere
     # Not BERT's, but switches that isolate what the mask does (issue 12): the same weights under a decoder's
     # causal mask, and the sequence head read from another token than [CLS]. The defaults are BERT's.
     causal: bool = False  # True: each token attends to itself and the tokens before it only

@@ -62,7 +62,7 @@ class GPTConfig:
     classifier_dropout: float = 0.1  # the token head's, as HF's *ForTokenClassification; the sequence head has none
     pad_token_id: int | None = None  # the tokenizer's; padding is read from attention_mask, this is for reference
     init_std: float = 0.02
-    attention: str = "auto"  # auto: matmul attention on a CPU, SDPA on a GPU (models/attention.py); sdpa: SDPA everywhere
+    attention: str = "auto"  # auto: matmul attention on a CPU in bf16, else SDPA (models/attention.py); sdpa: SDPA everywhere
     pooling: str = "last"  # the sequence head's input: last (real token, HF's), mean (of the real tokens), cls (first real token)
 
     def __post_init__(self):

@@ -51,7 +51,7 @@ def build(
 
     `pretrained=False` keeps the architecture and tokenizer but starts from random weights. `attn_dropout`
     replaces the checkpoint's attention dropout and `dropout` its hidden-layer dropout (None keeps each).
-    `attention`: auto (matmul attention on a CPU, SDPA on a GPU: `bertgpt.models.attention`) or sdpa
+    `attention`: auto (matmul attention on a CPU in bf16, SDPA in fp32 and on a GPU: `bertgpt.models.attention`) or sdpa
     (transformers' own SDPA everywhere). The same keys set our own models (`bertgpt.models.convert.build_bert` /
     `build_gpt`).
     """
