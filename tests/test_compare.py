@@ -266,6 +266,8 @@ def test_reproduce_restores_the_settings_a_run_had_where_conf_changed_since(tiny
     assert sorted(r.split("=", 1)[0] for r in restored) == sorted(f"++{key}" for key in changed)
     again = leaves(OmegaConf.to_container(compose("train", args + restored), resolve=False))
     assert again == leaves(OmegaConf.to_container(saved, resolve=False))
+    (run / ".hydra" / "hydra.yaml").unlink()  # a folder that kept no Hydra record: today's defaults, said in the log
+    assert settings_since(run, args) == []
 
 
 def test_a_failing_arm_stops_the_compare_naming_it_and_leaves_no_report(tiny, toy_csv, tmp_path):

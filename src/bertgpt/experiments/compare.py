@@ -416,11 +416,11 @@ def settings_since(run_folder: Path, overrides: list[str]) -> list[str]:
     """Overrides that give a run again the settings it ran with, where conf/ has changed since: `++key=value` for each
     setting whose value in the run's saved config (.hydra/config.yaml) differs from what its command composes today.
     A default changed after a compare (hidden dropout's, say) would otherwise change what its command runs."""
-    saved = run_folder / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        log.warning("%s has no .hydra/config.yaml: it runs again with today's conf/ defaults.", run_folder.name)
+    saved, hydra = run_folder / ".hydra" / "config.yaml", run_folder / ".hydra" / "hydra.yaml"
+    if not (saved.is_file() and hydra.is_file()):
+        log.warning("%s has no .hydra/config.yaml and hydra.yaml: it runs again with today's conf/ defaults.", run_folder.name)
         return []
-    config_name = OmegaConf.load(run_folder / ".hydra" / "hydra.yaml").hydra.job.config_name
+    config_name = OmegaConf.load(hydra).hydra.job.config_name
     then = leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
     today = leaves(OmegaConf.to_container(compose(config_name, overrides), resolve=False))
     restored = [f"++{key}={override_value(value)}" for key, value in then.items() if key in today and today[key] != value]

@@ -5,8 +5,8 @@ fused flash kernel, whose backward pass is slow for the small heads of these mod
 batch, forward + backward take 61 ms per layer at T=128 against 17 ms for two batched matmuls and a softmax
 (`bench/bench_attention.py`), and the matmuls stay ahead up to T=512 once large tensors stop paying for fresh
 pages (`bertgpt.host.keep_freed_memory`). So on a CPU in bf16 the scores are materialised:
-softmax(q kᵀ · scale + mask) v. In fp32 (a CPU without bf16) the flash kernel is the faster one (its layer
-takes 0.67-0.74x the matmuls' time from T=128 on), so fp32 goes to SDPA too. `attention="sdpa"`
+softmax(q kᵀ · scale + mask) v. In fp32 (a CPU without bf16) the flash kernel is the faster one
+(docs/performance.md, "Tokenization and attention"), so fp32 goes to SDPA too. `attention="sdpa"`
 (`model.net.attention`) keeps PyTorch's choice everywhere.
 
 The Hugging Face models use it too: `hf_attention` is registered with transformers' `AttentionInterface` as
