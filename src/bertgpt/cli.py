@@ -126,6 +126,22 @@ def hydra_value(value) -> str:
     return text if re.fullmatch(r"[\w./~+:@%-]+", text) else hydra_quote(text)
 
 
+def override_value(value) -> str:
+    """`value` (a config leaf: None, bool, number, string, or a list or dict of them) in Hydra's override grammar,
+    typed as it was: unlike `hydra_value`, a string is always quoted, so "true" or "123" stays a string."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    return hydra_quote(str(value))
+
+
 def verbatim_text_argument(argv: list[str]) -> list[str]:
     """Quotes `text=...` for Hydra: reviews and sentences hold commas, colons and quotes its grammar would parse."""
     return [f"text={hydra_quote(a[5:])}" if a.startswith("text=") and not a[5:].startswith(("'", '"')) else a for a in argv]

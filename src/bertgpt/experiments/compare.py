@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt import ROOT
-from bertgpt.cli import compose, exit_on_user_error, hydra_quote, hydra_value
+from bertgpt.cli import compose, exit_on_user_error, hydra_value, override_value
 from bertgpt.errors import UserError
 from bertgpt.host import best_precision, machine
 
@@ -395,21 +395,6 @@ def leaves(node, prefix: str = "") -> dict:
     if isinstance(node, dict) and node:
         return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
     return {prefix[:-1]: node}
-
-
-def override_value(value) -> str:
-    """`value` (a config leaf: None, bool, number, string, or a list or dict of them) in Hydra's override grammar."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
-    return hydra_quote(str(value))
 
 
 def settings_since(run_folder: Path, overrides: list[str]) -> list[str]:
