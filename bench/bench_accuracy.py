@@ -6,9 +6,9 @@
 
 Trains `src/train.py <recipe>` once per seed, and `<recipe> <against>` likewise (run folders kept under
 logs/bench-accuracy/<time>/, so they can be summarised again with --runs), or summarises runs made already.
-Prints each seed's held-out accuracy and validation curve per epoch, the training time (the sum of the epochs'
-times, validation excluded), the mean with a 95% bootstrap interval that resamples reviews and seeds
-(`bertgpt.experiments.stats`), and the paired difference on the same held-out reviews. The held-out reviews are
+Prints each seed's held-out accuracy, its validation curve (val/acc at each validation's step), the training time
+(the sum of the epochs' times, validation excluded), the mean with a 95% bootstrap interval that resamples reviews
+and seeds (`bertgpt.experiments.stats`), and the paired difference on the same held-out reviews. The held-out reviews are
 the 2,500 of the 9:1 split, and the tested checkpoint is the best epoch on them: a recipe whose best epoch is
 not its last has been chosen on its test set (the curve shows it). Results, with the machine:
 bench/results/accuracy.json. `make bench-best` runs it on `experiment=best`.
@@ -55,12 +55,12 @@ def summarise(label: str, folders: list[Path]) -> tuple[dict, np.ndarray]:
           f"{correct.shape[1]:,} held-out reviews")
     per_run = {}
     for folder, run in zip(folders, runs, strict=True):
-        curve = [round(acc, 4) for _, _, acc in run.points("val/acc")]
+        curve = [(step, round(acc, 4)) for step, _, acc in run.points("val/acc")]  # one per validation
         seconds = train_seconds(run)
-        print(f"  {folder.name}: {run.metrics['test/acc']:.2%} held-out; val/acc per epoch "
-              f"{', '.join(f'{a:.2%}' for a in curve)}; {seconds:,.0f} s of training, "
+        print(f"  {folder.name}: {run.metrics['test/acc']:.2%} held-out; val/acc at steps "
+              f"{', '.join(f'{s:,}: {a:.2%}' for s, a in curve)}; {seconds:,.0f} s of training, "
               f"{run.metrics.get('train/samples_per_sec', 0):,.0f} samples/s")
-        per_run[folder.name] = {"test_acc": run.metrics["test/acc"], "val_acc_per_epoch": curve,
+        per_run[folder.name] = {"test_acc": run.metrics["test/acc"], "val_acc_by_step": curve,
                                 "train_s": round(seconds, 1), "samples_per_sec": run.metrics.get("train/samples_per_sec")}
     summary = {**rounded(interval), "runs": per_run}
     return summary, correct

@@ -62,9 +62,10 @@ def test_the_summary_reads_the_recorded_runs(bench_accuracy, capsys):
     assert summary["low"] < summary["mean"] < summary["high"]
     for folder, accuracy in zip(folders, accuracies, strict=True):
         run = summary["runs"][folder.name]
-        assert len(run["val_acc_per_epoch"]) == 3 and run["train_s"] > 0
+        steps, curve = zip(*run["val_acc_by_step"], strict=True)
+        assert len(curve) == 3 and list(steps) == sorted(steps) and run["train_s"] > 0  # one validation per epoch
         # the tested checkpoint is the best epoch on the held-out split, which was the last in every recorded run
-        assert run["val_acc_per_epoch"][-1] == pytest.approx(accuracy, abs=1e-4) == max(run["val_acc_per_epoch"])
+        assert curve[-1] == pytest.approx(accuracy, abs=1e-4) == max(curve)
     assert "over 3 seed(s), 2,500 held-out reviews" in capsys.readouterr().out
 
 
