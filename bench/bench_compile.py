@@ -8,7 +8,10 @@ the checkpoint's hidden dropout back): forward, loss, backward, clipping, fused 
 shape and compiles once: `eager`; `static` (`compile(dynamic=False)`); `dynamic` (torch's default, as `compile=true` calls it);
 `max-autotune` (Inductor also benchmarks its own GEMM templates); `cpp-wrapper` (static, with Inductor calling
 its kernels from generated C++ rather than Python) and `aten-rng` (static, with dropout's masks drawn by ATen's
-bernoulli kernel rather than Inductor's own generator, `fallback_random`), neither in the default list. Each mode runs in its own process
+bernoulli kernel rather than Inductor's own generator, `fallback_random`), `encoder` (static, the encoder's
+blocks alone: the embeddings, whose backward Inductor does slower, stay eager) and `blocks` (static, each block
+compiled on its own, PyTorch's "regional compilation": the blocks are alike, so one compiled block serves them all
+and compiling takes a block's time, not the encoder's), none in the default list. Each mode runs in its own process
 (a fresh Inductor), prints the seconds of its first 3 steps (the compiling) and the steady ms per step after
 them. A length-grouped run adds recompiles on top (`bench_train.py --compile`, with `TORCH_LOGS=recompiles`).
 
@@ -29,7 +32,8 @@ from common import ROOT, machine, save
 BATCH = 32
 MODES = {"eager": None, "static": {"dynamic": False}, "dynamic": {}, "max-autotune": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"},
          "cpp-wrapper": {"dynamic": False, "options": {"cpp_wrapper": True}},
-         "aten-rng": {"dynamic": False, "options": {"fallback_random": True}}}
+         "aten-rng": {"dynamic": False, "options": {"fallback_random": True}},
+         "encoder": {"dynamic": False}, "blocks": {"dynamic": False}}
 DEFAULT_MODES = ["eager", "static", "dynamic", "max-autotune"]  # what `make bench` times
 
 
@@ -49,7 +53,13 @@ def one_mode(mode: str, length: int, steps: int, profile: int, overrides: list[s
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-5, eps=1e-8, fused=True)
     ids = torch.randint(1000, 20000, (BATCH, length))
     mask, labels = torch.ones_like(ids), torch.randint(0, 2, (BATCH,))
-    if MODES[mode] is not None:
+    # the regional modes leave the embeddings, the head and the loss eager
+    if mode == "encoder":
+        net.base_model.encoder.compile(**MODES[mode])
+    elif mode == "blocks":
+        for block in net.base_model.encoder.layer:
+            block.compile(**MODES[mode])
+    elif MODES[mode] is not None:
         net.compile(**MODES[mode])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=best_precision() == "bf16-mixed")
 

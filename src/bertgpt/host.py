@@ -34,7 +34,8 @@ def keep_freed_memory() -> bool:
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (/proc/cpuinfo on Linux) with its family and model numbers, for reports: "x86_64"
     alone says little a week later, and a virtual machine may say only "AMD EPYC", which is a Zen 3 (family
-    25, AVX2) on one machine of this kind and a Zen 5 (family 26, AVX-512 BF16) on another."""
+    25, AVX2) on one machine of this kind, a Zen 4 (family 25, model 17, AVX-512 BF16 at half width) on
+    another and a Zen 5 (family 26, AVX-512 BF16) on a third."""
     try:
         first_cpu = cpuinfo.read_text().split("\n\n")[0].splitlines()
     except OSError:
