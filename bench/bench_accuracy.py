@@ -59,9 +59,9 @@ def summarise(label: str, folders: list[Path]) -> tuple[dict, np.ndarray]:
         seconds = train_seconds(run)
         print(f"  {folder.name}: {run.metrics['test/acc']:.2%} held-out; val/acc at steps "
               f"{', '.join(f'{s:,}: {a:.2%}' for s, a in curve)}; {seconds:,.0f} s of training, "
-              f"{run.metrics.get('train/samples_per_sec', 0):,.0f} samples/s")
+              f"{run.metrics.get('train/samples_per_sec', 0):,.0f} samples/s in the last epoch")
         per_run[folder.name] = {"test_acc": run.metrics["test/acc"], "val_acc_by_step": curve,
-                                "train_s": round(seconds, 1), "samples_per_sec": run.metrics.get("train/samples_per_sec")}
+                                "train_s": round(seconds, 1), "samples_per_sec": run.metrics.get("train/samples_per_sec")}  # the last epoch's
     summary = {**rounded(interval), "runs": per_run}
     return summary, correct
 
