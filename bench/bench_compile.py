@@ -102,10 +102,11 @@ def main() -> None:
           f"model=bert {' '.join(args.override) or '(as conf/ sets it)'}", flush=True)
     results = {}
     for mode in args.modes:
-        command = [sys.executable, __file__, "--one", mode, "--length", str(args.length), "--steps", str(args.steps)]
+        command = [sys.executable, __file__, "--one", mode, "--length", str(args.length), "--steps", str(args.steps),
+                   "--profile", str(args.profile), "--override", *args.override]
         # Inductor's generated kernels appear in the profile only when it is asked to record them
         env = {**os.environ, "TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE": "1"} if args.profile else None
-        done = subprocess.run([*command, "--profile", str(args.profile), "--override", *args.override], cwd=ROOT, capture_output=True, text=True, env=env)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
         *table, last = done.stdout.strip().splitlines()
