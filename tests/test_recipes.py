@@ -25,7 +25,7 @@ def test_the_best_recipe_is_the_long_text_one():
 
 
 def test_the_fast_recipe_trains_at_the_best_recipes_rate_on_a_shorter_text():
-    """5e-5 after a 10% warmup reached 90% at the same step as 2e-5 or a quarter epoch sooner (two seeds, Zen 4)."""
+    """5e-5 after a 10% warmup reached 90% at the same step as 2e-5 or a quarter epoch sooner (three seeds, Zen 4)."""
     from hydra import compose, initialize_config_dir
 
     from bertgpt import cli  # noqa: F401  (the resolvers)
