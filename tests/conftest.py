@@ -135,6 +135,16 @@ def tiny_chat(tmp_path_factory) -> str:
     return str(folder)
 
 
+def compose_train(*overrides: str):
+    """conf/train.yaml composed with `overrides` as src/train.py composes it (the project's resolvers registered)."""
+    from hydra import compose, initialize_config_dir
+
+    from bertgpt import cli  # noqa: F401  (the resolvers)
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
 def run_script(script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600,
                subprocess_: bool = False) -> subprocess.CompletedProcess:
     """Runs src/<script>.py as a user would, with these arguments, and returns its exit status and output.

@@ -8,19 +8,16 @@ import math
 import pytest
 import torch
 import transformers
-from conftest import metrics_of, only_run, run_script, tiny_overrides
-from hydra import compose, initialize_config_dir
+from conftest import compose_train, metrics_of, only_run, run_script, tiny_overrides
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from bertgpt import ROOT
 from bertgpt.models import bert, gpt
 from bertgpt.training.strategies import BLOCKS, block_classes
 
 
 def trainer_config(*overrides: str):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides)).trainer
+    return compose_train(*overrides).trainer
 
 
 def blocks_of(model: torch.nn.Module) -> int:

