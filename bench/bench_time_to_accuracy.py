@@ -1,34 +1,81 @@
 """Time to held-out accuracies: how long `src/train.py experiment=fast` takes to first validate at >= each --targets.
 
     python bench/bench_time_to_accuracy.py [--targets 0.88 0.90 0.91] [--epochs 2] [-- more src/train.py overrides]
+    python bench/bench_time_to_accuracy.py --pair A.json B.json    # two saved runs, review by review, step by step
 
 One real training run of the recipe conf/experiment/fast.yaml: the bundled BERT on the whole 22,500-review
 training split, 256 tokens of each review's head and tail (at the classic 128 tokens of the head it levels
 off near 85-86%), validated 4 times an epoch on the 2,500 held out, and stopped (callbacks=reach_target) as soon
 as val/acc reaches the highest target. The clock is TensorBoard's: from the logger's first event (the model
 built, data tokenized) to the validation that reached the target, so the figure is an upper bound at a
-quarter-epoch's resolution. Results, with the CPU they ran on: bench/results/time_to_accuracy.json.
+quarter-epoch's resolution. Results, with the CPU they ran on: bench/results/time_to_accuracy.json, which also
+keeps which held-out reviews each validation got right (`callbacks.ValidationPredictions`).
+
+Two recipes' curves differ by about a point at a step, less than one reading's sampling error on 2,500 reviews
+(+-1.2 points). `--pair` compares two saved results on the same reviews at each step both validated at: A's
+accuracy minus B's with a 95% paired bootstrap interval over the reviews (`bertgpt.experiments.stats`), and whether
+it excludes zero. It says how sure one seed's comparison is; the seed-to-seed spread is another matter.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from common import ROOT, machine, save
 
 from bertgpt.experiments.compare_report import read_events
+from bertgpt.experiments.stats import paired_bootstrap
+
+
+def read_validations(run: Path) -> tuple[str, dict[int, str]]:
+    """The held-out labels, and which reviews each validation got right ("1"/"0" in the split's order), by step."""
+    labels, correct = None, {}
+    for path in sorted((run / "val_predictions").glob("step_*.json")):
+        record = json.loads(path.read_text())
+        labels = "".join(map(str, record["label"]))
+        correct[record["step"]] = "".join("1" if p == t else "0" for p, t in zip(record["prediction"], record["label"], strict=True))
+    return labels or "", correct
+
+
+def pair(a_path: Path, b_path: Path) -> None:
+    """A's val/acc minus B's at each step both validated at, paired over the same reviews."""
+    runs = []
+    for path in (a_path, b_path):
+        record = json.loads(path.read_text())
+        if not record.get("val_correct"):
+            raise SystemExit(f"error: {path} keeps no per-review validations (val_correct): it predates them; run the bench again.")
+        runs.append(record)
+    a, b = runs
+    if a["val_labels"] != b["val_labels"]:
+        raise SystemExit(f"error: {a_path} and {b_path} validated on different held-out reviews: a paired comparison needs the same ones.")
+    for name, path, run in (("A", a_path, a), ("B", b_path, b)):
+        print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; overrides {' '.join(run['overrides']) or 'none'})")
+    steps = sorted(set(a["val_correct"]) & set(b["val_correct"]), key=int)
+    if not steps:
+        raise SystemExit(f"error: {a_path} and {b_path} share no validation step: they ran at different batch sizes or intervals.")
+    for step in steps:
+        correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run in (a, b)]
+        d = paired_bootstrap(*correct)
+        print(f"  step {int(step):>5,}: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
+              f"A - B {d.mean:+.2%} [{d.low:+.2%}, {d.high:+.2%}]  {d.verdict}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.88, 0.90, 0.91])
     parser.add_argument("--epochs", type=int, default=2, help="the most epochs to try")
+    parser.add_argument("--pair", type=Path, nargs=2, metavar=("A", "B"), help="compare two saved results instead of training")
     parser.add_argument("overrides", nargs="*", help="more src/train.py overrides (after --)")
     args = parser.parse_args()
+    if args.pair:
+        pair(*args.pair)
+        return
     host = machine()
     print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads", flush=True)
     with tempfile.TemporaryDirectory() as out:
@@ -40,6 +87,7 @@ def main() -> None:
         print("$", " ".join(["python", *command[1:-1]]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
         points = read_events(Path(out)).get("val/acc", [])
+        labels, correct = read_validations(Path(out))
     if not points:
         raise SystemExit("error: the run logged no val/acc; see its output above")
     best = max(points, key=lambda p: p[2])
@@ -54,6 +102,7 @@ def main() -> None:
     save("time_to_accuracy", {
         "targets": reached, "overrides": args.overrides, "epochs": args.epochs,
         "best_val_acc": round(best[2], 4), "curve": [(s, round(t, 1), round(a, 4)) for s, t, a in points],
+        "val_labels": labels, "val_correct": correct,
     })
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_script, toy_reviews
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -44,6 +45,21 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(trained):
     assert any(t.startswith("lr-AdamW") for t in scalars)
     assert len(accumulator.Scalars("train/loss")) == 4  # 64 reviews / batch 16, logged every step
     assert "val/confusion_matrix" in accumulator.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_each_validation_keeps_its_per_review_predictions(trained):
+    """val_predictions/step_<N>.json after each validation (none for the sanity check), in the split's order: the
+    held-out split is both validated and tested, so a one-epoch run's last validation agrees with its test review by review."""
+    _, run = trained
+    (saved,) = (run / "val_predictions").iterdir()
+    validation = json.loads(saved.read_text())
+    tested = json.loads((run / "predictions.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert saved.name == "step_000004.json" and (validation["step"], validation["epoch"]) == (4, 0)  # 64 reviews / batch 16
+    assert validation["label"] == tested["label"] and len(tested["label"]) == 32
+    assert validation["prediction"] == tested["prediction"]
+    assert np.equal(validation["label"], validation["prediction"]).mean() == pytest.approx(metrics["val/acc"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The experiment recipes (conf/experiment/) and bench/bench_accuracy.py's summary of the recorded best-recipe runs."""
+"""The experiment recipes (conf/experiment/), bench/bench_accuracy.py's summary of the recorded best-recipe runs, and
+bench/bench_time_to_accuracy.py's pairing of two runs' validations."""
 
 from __future__ import annotations
 
@@ -74,3 +75,54 @@ def test_the_summary_refuses_runs_without_predictions(bench_accuracy, tmp_path):
         bench_accuracy.summarise("x", [run])
     with pytest.raises(SystemExit, match="no metrics.json in .*missing: not a finished"):
         bench_accuracy.summarise("x", [tmp_path / "missing"])
+
+
+@pytest.fixture(scope="module")
+def bench_time_to_accuracy():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_time_to_accuracy
+
+    return bench_time_to_accuracy
+
+
+def fake_validations(run: Path, labels: list[int], right_by_step: dict[int, slice]) -> None:
+    """val_predictions/ as callbacks.ValidationPredictions writes them: right on the reviews each step's slice selects."""
+    (run / "val_predictions").mkdir(parents=True)
+    for step, right in right_by_step.items():
+        correct = set(range(len(labels))[right])
+        predictions = [y if i in correct else 1 - y for i, y in enumerate(labels)]
+        record = {"step": step, "epoch": 0, "labels": ["negative", "positive"], "label": labels, "prediction": predictions}
+        (run / "val_predictions" / f"step_{step:06d}.json").write_text(json.dumps(record))
+
+
+def test_the_time_to_accuracy_pairing_compares_the_same_reviews_at_each_shared_step(bench_time_to_accuracy, tmp_path, capsys):
+    labels = [i % 2 for i in range(500)]
+    runs = {"a": {10: slice(0, 450), 20: slice(0, 460)}, "b": {10: slice(5, 450), 20: slice(10, 465), 30: slice(0, 480)}}
+    records = {}
+    for name, right_by_step in runs.items():
+        fake_validations(tmp_path / name, labels, right_by_step)
+        val_labels, correct = bench_time_to_accuracy.read_validations(tmp_path / name)
+        assert val_labels == "".join(map(str, labels)) and set(correct) == set(right_by_step)
+        assert [c.count("1") for c in correct.values()] == [len(range(500)[r]) for r in right_by_step.values()]
+        record = {"machine": {"cpu": "test", "precision": "32-true"}, "overrides": [], "val_labels": val_labels, "val_correct": correct}
+        records[name] = tmp_path / f"{name}.json"
+        records[name].write_text(json.dumps(record))  # through JSON: the steps become strings, as in a saved result
+    bench_time_to_accuracy.pair(records["a"], records["b"])
+    lines = capsys.readouterr().out.splitlines()
+    # The same point apart at both steps. At 10, B is right on a subset of A's reviews (A gains 5, loses none): a
+    # real difference. At 20, A gains 10 and B 5 of its own: within what the reviews' sampling allows.
+    assert lines[2].startswith("  step    10: A 90.00%  B 89.00%  A - B +1.00%") and lines[2].endswith("A better")
+    assert lines[3].startswith("  step    20: A 92.00%  B 91.00%  A - B +1.00%") and lines[3].endswith("no difference found")
+    assert len(lines) == 4  # step 30: only B validated there
+
+
+def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(bench_time_to_accuracy, tmp_path):
+    base = {"machine": {"cpu": "test", "precision": "32-true"}, "overrides": []}
+    a, b, old = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "old.json"
+    a.write_text(json.dumps({**base, "val_labels": "0101", "val_correct": {"10": "1111"}}))
+    b.write_text(json.dumps({**base, "val_labels": "0110", "val_correct": {"10": "1111"}}))
+    old.write_text(json.dumps(base))
+    with pytest.raises(SystemExit, match="different held-out reviews"):
+        bench_time_to_accuracy.pair(a, b)
+    with pytest.raises(SystemExit, match="keeps no per-review validations"):
+        bench_time_to_accuracy.pair(a, old)

@@ -98,6 +98,16 @@ def test_pos_test_saves_each_sentences_words_in_the_splits_order(pos_run):
     assert len(saved["words"]) == 24 and min(saved["words"]) >= 1
 
 
+def test_pos_validations_keep_each_words_prediction(pos_run):
+    """One val_predictions file per epoch, flat over the words with each sentence's count; the best of them is val/acc_best."""
+    saved = [json.loads(path.read_text()) for path in sorted((pos_run / "val_predictions").iterdir())]
+    assert [v["epoch"] for v in saved] == [0, 1, 2] and saved[0]["step"] < saved[1]["step"] < saved[2]["step"]
+    assert all(sum(v["words"]) == len(v["label"]) == len(v["prediction"]) and len(v["words"]) == 24 for v in saved)
+    accuracies = [np.equal(v["label"], v["prediction"]).mean() for v in saved]
+    metrics = json.loads((pos_run / "metrics.json").read_text())
+    assert max(accuracies) == pytest.approx(metrics["val/acc_best"], abs=1e-6)
+
+
 def test_pos_eval_reproduces_the_test_accuracy(pos_run, tmp_path):
     result = run_script("eval", f"ckpt_path={pos_run}/checkpoints/last.ckpt", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -76,6 +76,7 @@ class Classifier(L.LightningModule):
         self.test_metrics = self.metrics("test/")
         self.val_acc_best = MaxMetric()
         self.val_confusion = MulticlassConfusionMatrix(len(labels), ignore_index=-100)
+        self._rows: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}  # (predictions, labels) per item, loader order
 
     def metrics(self, prefix: str) -> MetricCollection:
         """Accuracy and F1 at least: `val/acc` picks the best checkpoint and `val/acc_best` is what sweeps maximise."""
@@ -124,6 +125,8 @@ class Classifier(L.LightningModule):
 
     def evaluation_step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         loss, preds, targets = self.step(batch)
+        labelled = (batch["labels"] != IGNORE).sum(1).tolist() if self.head == "token" else [1] * len(targets)
+        self._rows[stage] += zip(preds.cpu().split(labelled), targets.cpu().split(labelled))
         n = len(targets)  # the mean loss is over labelled positions: reviews, or words
         getattr(self, f"{stage}_loss")(loss, n)
         metrics = getattr(self, f"{stage}_metrics")
@@ -136,43 +139,52 @@ class Classifier(L.LightningModule):
         preds, targets = self.evaluation_step(batch, "val")
         self.val_confusion.update(preds, targets)
 
+    # Each held-out item's label and prediction in its split's order (a review's one label, a sentence's words):
+    # what a paired comparison of two runs needs (the same items, right or wrong in each). The test's are written
+    # by the pipeline as predictions.json, each validation's by callbacks.ValidationPredictions.
+    val_predictions: dict | None = None
+    test_predictions: dict | None = None
+
     def on_validation_epoch_start(self) -> None:
         self.val_confusion.reset()  # read by ConfusionMatrixLogger at the end of the epoch
+        self._rows["val"] = []
+        self.val_predictions = None
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
-
-    # Each test item's labels and predictions in the test split's order (a review's one label, a sentence's words):
-    # what a paired comparison of two runs needs (the same items, right or wrong in each), written by the pipeline
-    # as predictions.json.
-    test_predictions: dict | None = None
+        if not self.trainer.sanity_checking:  # the sanity check sees two batches, not the split
+            self.val_predictions = self.ordered_predictions("val", self.trainer.val_dataloaders, warn=False)
 
     def on_test_epoch_start(self) -> None:
-        self._test_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (predictions, labels) of each item, loader order
+        self._rows["test"] = []
         self.test_predictions = None
 
     def test_step(self, batch, batch_idx):
-        preds, targets = self.evaluation_step(batch, "test")
-        labelled = (batch["labels"] != IGNORE).sum(1).tolist() if self.head == "token" else [1] * len(targets)
-        self._test_rows += zip(preds.cpu().split(labelled), targets.cpu().split(labelled))
-        return preds, targets
+        return self.evaluation_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        if self.trainer.world_size > 1 or not self._test_rows:  # each rank saw a share: no single ordered list
-            return
+        self.test_predictions = self.ordered_predictions("test", self.trainer.test_dataloaders, warn=True)
+
+    def ordered_predictions(self, stage: str, loader, warn: bool) -> dict | None:
+        """The stage's rows in its split's order, or None where this process did not see the whole split."""
+        rows = self._rows[stage]
+        if self.trainer.world_size > 1 or not rows:  # each rank saw a share: no single ordered list
+            return None
         # The loader visits the items in its sampler's order (sorted by length, to pad least): put them back.
-        order = list(self.trainer.test_dataloaders.sampler)
-        if len(order) != len(self._test_rows):  # trainer.limit_test_batches, fast_dev_run: not the whole held-out set
-            log.warning("The test saw %d of the %d test items: no predictions.json.", len(self._test_rows), len(order))
-            return
-        rows = [None] * len(order)
+        order = list(loader.sampler)
+        if len(order) != len(rows):  # limit_{val,test}_batches, fast_dev_run: not the whole held-out set
+            if warn:
+                log.warning("The %s saw %d of the %d %s items: no predictions.json.", stage, len(rows), len(order), stage)
+            return None
+        ordered = [None] * len(order)
         for position, item in enumerate(order):
-            rows[item] = self._test_rows[position]
-        preds, targets = (torch.cat(column) for column in zip(*rows))
-        self.test_predictions = {"labels": list(self.hparams.labels), "label": targets.tolist(), "prediction": preds.tolist()}
+            ordered[item] = rows[position]
+        preds, targets = (torch.cat(column) for column in zip(*ordered))
+        predictions = {"labels": list(self.hparams.labels), "label": targets.tolist(), "prediction": preds.tolist()}
         if self.head == "token":  # flat over the words; each sentence's count, to regroup them
-            self.test_predictions["words"] = [len(p) for p, _ in rows]
+            predictions["words"] = [len(p) for p, _ in ordered]
+        return predictions
 
     @property
     def _fused(self) -> bool:

@@ -1,9 +1,10 @@
-"""Callbacks Lightning doesn't ship: throughput, progress lines, a confusion-matrix image, the RNG state in
-checkpoints, and a checkpoint-then-stop on SIGTERM / Ctrl-C."""
+"""Callbacks Lightning doesn't ship: throughput, progress lines, a confusion-matrix image, each validation's
+predictions, the RNG state in checkpoints, and a checkpoint-then-stop on SIGTERM / Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import resource
@@ -22,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertgpt.files import write_text
 from bertgpt.training.checkpoints import newest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,22 @@ def confusion_figure(matrix: torch.Tensor, names: list[str]):
     ax.set_ylabel("true")
     fig.tight_layout()
     return fig
+
+
+class ValidationPredictions(L.Callback):
+    """After each validation of the whole split, `dirpath/step_<global step>.json`: every held-out item's label and
+    prediction in the split's order (the module's `val_predictions`), so that two runs, or two points of one
+    run's curve, can be compared item by item (a paired bootstrap) rather than by their accuracies alone."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        predictions = getattr(pl_module, "val_predictions", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or not predictions:
+            return
+        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, **predictions}
+        write_text(self.dirpath / f"step_{trainer.global_step:06d}.json", json.dumps(record) + "\n")
 
 
 class StepCheckpoint(ModelCheckpoint):
