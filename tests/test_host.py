@@ -55,3 +55,18 @@ def test_an_isa_cap_makes_the_machine_the_kind_of_its_cap(cap, kind, monkeypatch
     assert host.best_precision() == ("bf16-mixed" if kind in ("AVX-512 + AMX", "AVX-512 BF16") else "32-true")
     described = host.machine()["cpu_kind"]
     assert described == (kind if cap is None else f"{kind} under ONEDNN_MAX_CPU_ISA={cap}")
+
+
+def test_the_kind_names_every_cap_the_stand_in_needs(monkeypatch):
+    """An AVX-512 machine run as an AVX2 one needs four caps, the compiler target of torch.compile's kernels among
+    them (built for -march=native otherwise, they computed NaN there); each one set is named with the kind."""
+    import torch
+
+    from bertgpt import host
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(host, "cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512_bf16"})
+    caps = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
+    for name, value in caps.items():
+        monkeypatch.setenv(name, value)
+    assert host.machine()["cpu_kind"] == "AVX2 under " + " ".join(f"{k}={v}" for k, v in caps.items())

@@ -61,8 +61,10 @@ def cpu_flags() -> set[str] | None:
 
 
 # Environment variables that keep torch's kernels below what the CPU has: ATen's vector kernels, oneDNN's (the
-# bf16 matmuls) and MKL's (the fp32 ones). Set all three to AVX2 to run an AVX-512 machine as an AVX2 one.
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# bf16 matmuls), MKL's (the fp32 ones) and the compiler target of Inductor's kernels (torch.compile). Set all four
+# (avx2, AVX2, AVX2, x86-64-v3) to run an AVX-512 machine as an AVX2 one. Inductor builds with -march=native
+# otherwise: AVX-512 code around ATen's AVX2 vector types, which computed NaN or out-of-range indices (docs/performance.md).
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "TORCHINDUCTOR_CPP_MARCH")
 
 
 def isa_caps() -> dict[str, str]:
