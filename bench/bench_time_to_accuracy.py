@@ -62,7 +62,7 @@ def pair(a_path: Path, b_path: Path) -> None:
     for step in steps:
         correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run in (a, b)]
         d = paired_bootstrap(*correct)
-        print(f"  step {int(step):>5,}: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
+        print(f"  after {int(step):>5,} steps: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
               f"A - B {d.mean:+.2%} [{d.low:+.2%}, {d.high:+.2%}]  {d.verdict}")
 
 

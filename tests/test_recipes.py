@@ -111,8 +111,8 @@ def test_the_time_to_accuracy_pairing_compares_the_same_reviews_at_each_shared_s
     lines = capsys.readouterr().out.splitlines()
     # The same point apart at both steps. At 10, B is right on a subset of A's reviews (A gains 5, loses none): a
     # real difference. At 20, A gains 10 and B 5 of its own: within what the reviews' sampling allows.
-    assert lines[2].startswith("  step    10: A 90.00%  B 89.00%  A - B +1.00%") and lines[2].endswith("A better")
-    assert lines[3].startswith("  step    20: A 92.00%  B 91.00%  A - B +1.00%") and lines[3].endswith("no difference found")
+    assert lines[2].startswith("  after    10 steps: A 90.00%  B 89.00%  A - B +1.00%") and lines[2].endswith("A better")
+    assert lines[3].startswith("  after    20 steps: A 92.00%  B 91.00%  A - B +1.00%") and lines[3].endswith("no difference found")
     assert len(lines) == 4  # step 30: only B validated there
 
 

@@ -174,7 +174,8 @@ def confusion_figure(matrix: torch.Tensor, names: list[str]):
 class ValidationPredictions(L.Callback):
     """After each validation of the whole split, `dirpath/step_<global step>.json`: every held-out item's label and
     prediction in the split's order (the module's `val_predictions`), so that two runs, or two points of one
-    run's curve, can be compared item by item (a paired bootstrap) rather than by their accuracies alone."""
+    run's curve, can be compared item by item (a paired bootstrap) rather than by their accuracies alone. The step
+    is the optimizer steps taken (Lightning's `global_step`); TensorBoard logs the same validation one lower."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
