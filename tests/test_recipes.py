@@ -3,6 +3,7 @@ bench/bench_time_to_accuracy.py's pairing of two runs' validations."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -42,12 +43,15 @@ def test_the_compare_fine_tunes_the_library_bert_with_its_checkpoints_dropout():
     assert ARMS["bert"].options == ARMS["pos_bert"].options == LIBRARY_BERT == ("model=bert", "model.net.dropout=null")
 
 
+def bench_script(name: str):
+    """bench/<name>.py imported as a module (the bench scripts import `common` from their own folder)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
+
+
 @pytest.fixture(scope="module")
 def bench_accuracy():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import bench_accuracy
-
-    return bench_accuracy
+    return bench_script("bench_accuracy")
 
 
 def test_the_summary_reads_the_recorded_runs(bench_accuracy, capsys):
@@ -79,10 +83,7 @@ def test_the_summary_refuses_runs_without_predictions(bench_accuracy, tmp_path):
 
 @pytest.fixture(scope="module")
 def bench_time_to_accuracy():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import bench_time_to_accuracy
-
-    return bench_time_to_accuracy
+    return bench_script("bench_time_to_accuracy")
 
 
 def fake_validations(run: Path, labels: list[int], right_by_step: dict[int, slice]) -> None:

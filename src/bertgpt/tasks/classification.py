@@ -126,7 +126,7 @@ class Classifier(L.LightningModule):
     def evaluation_step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         loss, preds, targets = self.step(batch)
         labelled = (batch["labels"] != IGNORE).sum(1).tolist() if self.head == "token" else [1] * len(targets)
-        self._rows[stage] += zip(preds.cpu().split(labelled), targets.cpu().split(labelled))
+        self._rows[stage] += zip(preds.split(labelled), targets.split(labelled))  # on their device: no sync per batch
         n = len(targets)  # the mean loss is over labelled positions: reviews, or words
         getattr(self, f"{stage}_loss")(loss, n)
         metrics = getattr(self, f"{stage}_metrics")
@@ -180,7 +180,7 @@ class Classifier(L.LightningModule):
         ordered = [None] * len(order)
         for position, item in enumerate(order):
             ordered[item] = rows[position]
-        preds, targets = (torch.cat(column) for column in zip(*ordered))
+        preds, targets = (torch.cat(column).cpu() for column in zip(*ordered))
         predictions = {"labels": list(self.hparams.labels), "label": targets.tolist(), "prediction": preds.tolist()}
         if self.head == "token":  # flat over the words; each sentence's count, to regroup them
             predictions["words"] = [len(p) for p, _ in ordered]
