@@ -12,6 +12,7 @@ from conftest import run_script, toy_reviews, write_csv
 from bertgpt.data.collate import IGNORE, PadCollator
 from bertgpt.data.reviews import IMDBDataModule
 from bertgpt.data.tagging import TaggingDataModule
+from bertgpt.errors import UserError
 from bertgpt.experiments import probes
 
 
@@ -79,24 +80,58 @@ def test_bf16_features_are_close_to_fp32(tiny_bert):
     torch.testing.assert_close(half, full, atol=0.1, rtol=0.05)
 
 
-def test_a_linear_label_is_found_and_shuffled_labels_are_chance():
-    rng = np.random.default_rng(0)
-    n, width = 600, 16
+def linear_label(n: int = 600, width: int = 16, seed: int = 0):
+    """Two layers of features for n items: layer 1 carries a binary label along one direction, layer 0 is noise."""
+    rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     noise = rng.normal(size=(n, width))
     carrying = noise.copy()
-    carrying[:, 3] += 3.0 * (2 * y - 1)  # layer 1 carries the label along one direction
-    features = np.stack([noise, carrying]).astype(np.float32)
-    train, test = slice(0, 400), slice(400, n)
+    carrying[:, 3] += 3.0 * (2 * y - 1)
+    return np.stack([noise, carrying]).astype(np.float32), y, rng
+
+
+def test_a_linear_label_is_found_and_shuffled_labels_are_chance():
+    features, y, rng = linear_label()
+    train, test = slice(0, 400), slice(400, 600)
+    held_out = probes.selection_items(np.ones(400, dtype=np.int64), 0.2, seed=0)
     split = lambda labels, part: ({"mean": features[:, part]}, labels[part])  # noqa: E731
-    found = probes.probe_layers(split(y, train), split(y, test), seed=0, resamples=500)
+    found = probes.probe_layers(split(y, train), split(y, test), held_out, seed=0, resamples=500)
     assert found["accuracy"]["mean"][1] > 0.97 and 0.35 < found["accuracy"]["mean"][0] < 0.65
-    assert found["best"] == {"pooling": "mean", "layer": 1, "acc": found["accuracy"]["mean"][1]}
+    assert found["selection"]["mean"][1] > 0.95 and 0.3 < found["selection"]["mean"][0] < 0.7
+    assert found["best"] == {"pooling": "mean", "layer": 1, "acc": found["accuracy"]["mean"][1], "selection_acc": found["selection"]["mean"][1]}
     low, high = found["interval"]["mean"][1]
     assert low <= found["best"]["acc"] <= high
     shuffled = rng.permutation(y)
-    chance = probes.probe_layers(split(shuffled, train), split(shuffled, test), seed=0, resamples=500)
+    chance = probes.probe_layers(split(shuffled, train), split(shuffled, test), held_out, seed=0, resamples=500)
     assert all(0.35 < acc < 0.65 for acc in chance["accuracy"]["mean"])
+
+
+def test_the_probe_is_chosen_without_the_test_labels():
+    """Whatever the test split's labels, the same (layer, pooling) is chosen: here the one that carries the label in
+    training, although on test labels that are noise another layer may read higher by chance."""
+    features, y, rng = linear_label()
+    train = ({"mean": features[:, :400], "first": features[::-1, :400]}, y[:400])
+    held_out = probes.selection_items(np.ones(400, dtype=np.int64), 0.2, seed=0)
+    chosen = []
+    for labels in (y[400:], rng.permutation(y[400:]), 1 - y[400:]):
+        result = probes.probe_layers(train, ({"mean": features[:, 400:], "first": features[::-1, 400:]}, labels), held_out, seed=0, resamples=200)
+        chosen.append((result["best"]["pooling"], result["best"]["layer"]))
+        assert result["test_max"]["acc"] == max(max(a) for a in result["accuracy"].values()) >= result["best"]["acc"]
+    assert chosen == [("mean", 1)] * 3  # "mean" comes first, and ties go to the first candidate
+    assert result["best"]["acc"] < 0.05 and result["test_max"] == {"pooling": "mean", "layer": 0, "acc": result["accuracy"]["mean"][0]}
+
+
+def test_the_selection_holds_out_whole_examples():
+    counts = np.array([3, 1, 4, 2, 5, 2, 3, 1, 2, 2])  # words per sentence
+    held = probes.selection_items(counts, 0.2, seed=1)
+    assert held.shape == (counts.sum(),) and held.dtype == bool
+    per_sentence = np.split(held, np.cumsum(counts)[:-1])
+    assert all(part.all() or not part.any() for part in per_sentence)  # a sentence is on one side
+    assert sum(part.all() for part in per_sentence) == 2  # a fifth of the 10 sentences
+    assert np.array_equal(held, probes.selection_items(counts, 0.2, seed=1)) and not np.array_equal(held, probes.selection_items(counts, 0.2, seed=2))
+    for fraction in (0, 1, 1.5):
+        with pytest.raises(UserError, match=f"probe.selection_fraction={fraction}: "):
+            probes.selection_items(counts, fraction, seed=1)
 
 
 def probe_run(tmp_path, checkpoint, data, *extra, name="run"):
@@ -114,7 +149,9 @@ def test_cli_writes_consistent_files_and_reruns_from_the_cache(tiny_bert, review
     assert report["n_train"] == 108 and report["n_test"] == 10 and not report["from_cache"]
     assert sorted(report["accuracy"]) == sorted(probes.POOLINGS) and all(len(a) == 3 for a in report["accuracy"].values())
     best = report["best"]
-    assert best["acc"] == max(max(a) for a in report["accuracy"].values()) == report["accuracy"][best["pooling"]][best["layer"]]
+    assert best["acc"] == report["accuracy"][best["pooling"]][best["layer"]] <= report["test_max"]["acc"] == max(max(a) for a in report["accuracy"].values())
+    assert best["selection_acc"] == max(max(a) for a in report["selection"].values()) == report["selection"][best["pooling"]][best["layer"]]
+    assert report["selection_fraction"] == 0.2
     assert np.mean(np.equal(predictions["label"], predictions["prediction"])) == pytest.approx(best["acc"])
     assert predictions["labels"] == ["negative", "positive"] and len(predictions["label"]) == 10
     assert metrics["test/acc"] == best["acc"] and metrics["test/samples"] == 10
