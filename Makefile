@@ -20,7 +20,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting compare-full-data reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long bench-best clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting compare-probes compare-full-data reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long bench-best clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ train-gpt: $(STAMP)  ## fine-tune the bundled SmolLM2-135M decoder (add ARGS="da
 pretrain: $(STAMP)  ## pretrain our BERT from random init on the review text: make pretrain ARGS="objective=clm" for our GPT
 	$(PY) src/pretrain.py $(ARGS)
 
-compare: $(STAMP)  ## BERT vs GPT, seeds and intervals (~80 min on an AVX2 2-core CPU; repeat to resume): reports/compare.md
+compare: $(STAMP)  ## BERT vs GPT, seeds and intervals (~90 min on a 2-core AVX2 CPU, 88 on the AVX2 EPYC; 29 on the Zen 5 EPYC; repeat to resume): reports/compare.md
 	$(PY) src/compare.py $(ARGS)
 
 compare-direction: $(STAMP)  ## the attention-direction pair on sentiment at 2,000 reviews, 3 seeds: reports/direction-2000/
@@ -63,6 +63,10 @@ compare-prompting: $(STAMP)  ## the decoder prompted with 0, 1, 2, 4 and 8 demon
 	$(PY) src/compare.py 'compare.arms=[gpt_zeroshot,gpt_kshot]' 'compare.shots=[1,2,4,8]' \
 	  hydra.run.dir=logs/compare/prompting compare.report_dir=reports/prompting $(ARGS)
 
+compare-probes: $(STAMP)  ## linear probes on every layer of the frozen bundled BERT and decoder, sentiment and POS, each model's probe chosen on held-out training data: reports/probes/
+	$(PY) src/compare.py 'compare.arms=[probe_bert,probe_gpt,probe_bert_pos,probe_gpt_pos]' \
+	  hydra.run.dir=logs/compare/probes compare.report_dir=reports/probes $(ARGS)
+
 compare-full-data: $(STAMP)  ## the bundled BERT (3 seeds) and decoder (1; ARGS="compare.decoder_seeds=3" on a GPU) on all 22,500 reviews, tested on all 2,500: reports/full-data/
 	$(PY) src/compare.py 'compare.arms=[gpt,bert]' compare.train_size=null compare.val_size=null 'compare.curve_sizes=[]' \
 	  'compare.decoder_sizes=[null]' compare.batch_size=32 compare.lr=2e-5 compare.validate=true \
@@ -70,6 +74,7 @@ compare-full-data: $(STAMP)  ## the bundled BERT (3 seeds) and decoder (1; ARGS=
 	  hydra.run.dir=logs/compare/full-data compare.report_dir=reports/full-data $(ARGS)
 
 reproduce: $(STAMP)  ## run one compare run again with its own command and check its numbers: make reproduce RUN=logs/compare/default/bert_seed2024
+	$(if $(RUN),,$(error make reproduce needs RUN=<a compare run folder>, e.g. RUN=logs/compare/default/bert_seed2024))
 	$(PY) src/compare.py reproduce=$(RUN) $(ARGS)
 
 test: $(STAMP)  ## run the test suite (tiny models and data slices, plus the bundled real weights), TEST_WORKERS processes

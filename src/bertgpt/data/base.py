@@ -128,13 +128,20 @@ class TokenDataModule(L.LightningDataModule):
     labels: list[str]
     test_origin = "the test split"  # what the test split holds, in words (see `tested_on`): set when the data is read
 
-    def __init__(self, max_length: int, pad_to_multiple_of: int, item: str):
-        """Checks the options every task shares; `item` names what one example is (a review, a sentence)."""
+    def __init__(self, max_length: int, pad_to_multiple_of: int, item: str, batch_sizes: dict[str, int], limits: dict[str, int | None]):
+        """Checks the options every task shares; `item` names what one example is (a review, a sentence).
+        `batch_sizes` and `limits` ({"train_size": ...}) are named as their data.* keys."""
         super().__init__()
         if max_length < 8:
             raise UserError(f"data.max_length={max_length} is below 8: too short to hold a {item}. Use 128 (the default) or more.")
         if pad_to_multiple_of < 1:
             raise UserError(f"data.pad_to_multiple_of={pad_to_multiple_of} must be 1 (pad to the longest {item}) or more.")
+        for key, value in batch_sizes.items():
+            if value < 1:
+                raise UserError(f"data.{key}={value}: a batch holds at least one {item}; use a positive number (the default: 32 to train, 64 to evaluate).")
+        for key, value in limits.items():
+            if value is not None and value < 1:
+                raise UserError(f"data.{key}={value}: keep at least one {item}, or null for every one.")
         self.splits: dict[str, TokenizedSplit] = {}
         self._tokenizer = None
 

@@ -98,7 +98,7 @@ def read_table(path: Path, text_column: str = "text", label_column: str = "label
         csv.field_size_limit(sys.maxsize)
         reader = csv.reader(content.splitlines(keepends=True))
         columns = next(reader, [])
-        rows = enumerate(reader, start=2)  # line 1 is the header; rows stay lists: a dict per row is 2x slower
+        rows = enumerate(reader, start=2)  # line 1 is the header; rows stay lists: a dict per row is slower (docs/performance.md, "Tokenization")
     else:
         try:
             records = json.loads(content) if path.suffix == ".json" else [json.loads(line) for line in content.splitlines() if line.strip()]
@@ -223,7 +223,8 @@ class IMDBDataModule(TokenDataModule):
         pin_memory: bool = False,
         cache_dir: str | None = None,
     ):
-        super().__init__(max_length, pad_to_multiple_of, "review")
+        super().__init__(max_length, pad_to_multiple_of, "review", {"batch_size": batch_size, "eval_batch_size": eval_batch_size},
+                         {"train_size": train_size, "val_size": val_size, "test_size": test_size})
         if truncation not in tokenize.TRUNCATIONS:
             raise UserError(f"data.truncation={truncation}: choose one of {', '.join(tokenize.TRUNCATIONS)}.")
         if not 0 < val_fraction < 1:

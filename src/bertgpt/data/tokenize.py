@@ -47,7 +47,8 @@ def head_ids(tokenizer, texts: list[str], budget: int, chars_per_token: int = 6,
     A review averages ~300 tokens and the default keeps 126, so each text is first cut at a space after
     `chars_per_token * budget` characters: the words before the cut tokenize as they do in the whole text.
     A text whose head gives fewer than `budget + margin` tokens (the margin keeps clear of the cut word) is
-    tokenized whole. Equal to tokenizing everything and truncating (tests/test_data.py), 2x faster.
+    tokenized whole. Equal to tokenizing everything and truncating (tests/test_data.py), and faster (measured:
+    docs/performance.md, "Tokenization").
     """
     limit = chars_per_token * budget
     heads = [t if len(t) <= limit else t[: t.find(" ", limit) % (len(t) + 1)] for t in texts]
@@ -62,8 +63,8 @@ def batch_ids(tokenizer, texts: list[str], max_length: int | None = None, add_sp
     """`tokenizer(texts, truncation=..., max_length=...)["input_ids"]` in one call to the Rust backend.
 
     A fast tokenizer's `encode_batch_fast` skips the character offsets that the Hugging Face call computes and
-    we never use: 1.5x faster on the 25k reviews (bench/bench_tokenize.py). It runs on a copy of the backend,
-    because truncation is a setting stored on it.
+    we never use, so it is faster (bench/bench_tokenize.py; docs/performance.md, "Tokenization"). It runs on a
+    copy of the backend, because truncation is a setting stored on it.
     """
     if not getattr(tokenizer, "is_fast", False):
         return tokenizer(texts, truncation=max_length is not None, max_length=max_length, add_special_tokens=add_special_tokens)["input_ids"]
@@ -149,7 +150,7 @@ def pack(ids: list[list[int]], labels: list[int]) -> dict[str, torch.Tensor]:
     lengths = torch.tensor([len(x) for x in ids], dtype=torch.int64)
     offsets = torch.zeros(len(ids) + 1, dtype=torch.int64)
     torch.cumsum(lengths, 0, out=offsets[1:])
-    flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1])))  # 4x a list comprehension
+    flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1])))  # faster than a list comprehension (docs/performance.md, "Tokenization")
     return {"ids": flat, "offsets": offsets, "labels": torch.tensor(labels, dtype=torch.int64)}
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from bertgpt import ROOT
 from bertgpt.cli import compose, exit_on_user_error, hydra_value, override_value
 from bertgpt.errors import UserError
+from bertgpt.files import write_text
 from bertgpt.host import best_precision, machine
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ class Arm:
 
 
 BERT, DECODER = "all-minilm-l6-v2", "smollm2-135m"  # the bundled checkpoints
-# The library BERT fine-tunes with the checkpoint's hidden dropout (0.1), as the classic recipe and every recorded
-# compare did (`model=bert` turns it off by default since 2026-12-04: docs/performance.md, "Hidden dropout").
-LIBRARY_BERT = ("model=bert", "model.net.dropout=null")
+# Every fine-tune of the compare keeps its checkpoint's hidden dropout (0.1 in MiniLM and in our pretrained exports,
+# none in SmolLM2), as the classic recipe and every recorded compare did: `model=bert`, and the model configs built
+# on it, turn it off by default since 2026-12-04 (docs/performance.md, "Hidden dropout").
+CHECKPOINT_DROPOUT = "model.net.dropout=null"
 
 
 def direction(mask: str, pooling: str | None = None, task: str = "sentiment") -> Arm:
@@ -75,11 +77,11 @@ def direction(mask: str, pooling: str | None = None, task: str = "sentiment") ->
 
 
 ARMS = {
-    "bert": Arm("practical", "bert", "library BERT", options=LIBRARY_BERT, curve=True),
+    "bert": Arm("practical", "bert", "library BERT", curve=True),
     "bert_scratch": Arm("practical", "bert_scratch", "our BERT"),
     "gpt": Arm("practical", "gpt", "library decoder", decoder=True, curve=True),
     "gpt_scratch": Arm("practical", "gpt_scratch", "our decoder", decoder=True),
-    "pos_bert": Arm("practical", "bert", "library BERT", task="pos", options=LIBRARY_BERT),
+    "pos_bert": Arm("practical", "bert", "library BERT", task="pos"),
     "pos_gpt": Arm("practical", "gpt", "library decoder", task="pos", decoder=True),
     **{f"bert_{mask}_{pooling}": direction(mask, pooling) for mask in ("bi", "causal") for pooling in ("cls", "mean", "last")},
     "pos_bert_bi": direction("bi", task="pos"),
@@ -209,7 +211,7 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
                             "pretraining", PRETRAINING[arm.objective], {"objective": arm.objective}))
         arm_seeds = (b["seeds"][: b["decoder_seeds"]] if arm.decoder else b["seeds"]) if arm.seeded else [b["seeds"][0]]
         sizes = [arm_train_size(b, arm)] + (list(b["curve_sizes"]) if arm.curve else [])
-        if arm.decoder and arm.script == "train":  # the decoder trains ~9x slower: its own sizes
+        if arm.decoder and arm.script == "train":  # the decoder trains several times slower (docs/bert_vs_gpt.md, "Cost"): its own sizes
             sizes = list(b["decoder_sizes"])
         # A pretrained controlled fine-tune also starts from each intermediate export: the trend over pretraining.
         # Its random-init control is step 0.
@@ -228,7 +230,7 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
             for seed in arm_seeds:
                 if arm.script == "train":
                     weights = [f"model.net.checkpoint={export}", *([] if arm.pretrained else ["model.net.pretrained=false"])] if export else []
-                    overrides = [*(arm.options or [f"model={arm.model}"]), *weights, *train_budget(b, arm, seed, size, epochs),
+                    overrides = [*(arm.options or [f"model={arm.model}"]), CHECKPOINT_DROPOUT, *weights, *train_budget(b, arm, seed, size, epochs),
                                  *cfg.compare.train_overrides]
                 elif arm.script == "probe":
                     overrides = [f"checkpoint={export or arm.model}", f"task={arm.task}", *data_budget(b, arm, size), f"seed={seed}"]
@@ -263,9 +265,7 @@ def now() -> str:
 
 
 def save_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out / MANIFEST)
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def clock(seconds: float) -> str:
@@ -310,8 +310,7 @@ def execute(run: Run, folder: Path, heartbeat_s: float, started: float) -> float
             sink.seek(0)
             text = sink.read().decode(errors="replace")
             if not log_path.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                log_path.write_text(text)
+                write_text(log_path, text)
             raise UserError(f"arm {run.name} failed (exit {code}) after {clock(seconds)}: {last_error(text)}  Its log: {log_path}")
     return seconds
 
@@ -440,7 +439,7 @@ def reproduce(run_folder: Path, heartbeat_s: float) -> dict:
               "compared": sorted(first), "items": items, "identical": not differ, "differ": differ,
               "first": {k: v for k, v in first.items() if not k.endswith((":prediction", ":accuracy"))},
               "again": {k: v for k, v in second.items() if not k.endswith((":prediction", ":accuracy"))}}
-    (again / "reproduced.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(again / "reproduced.json", json.dumps(result, indent=2) + "\n")
     if differ:
         shown = "; ".join(f"{k}: {first.get(k)!r:.40} then {second.get(k)!r:.40}" for k in differ)
         raise UserError(f"{run_folder.name} did not reproduce: {shown}. Both runs: {run_folder} and {again}")
@@ -453,6 +452,9 @@ def compare(cfg: DictConfig, out: Path) -> Path:
     (reproduce=...), or a new compare in `out`."""
     from bertgpt.experiments.compare_report import write_report
 
+    for key, example in (("reproduce", "logs/compare/default/bert_seed2024"), ("report_only", "logs/compare/default")):
+        if cfg.get(key) == "":  # `key=` (make reproduce without RUN=) is Hydra's empty string: not a new compare
+            raise UserError(f"{key}= names no folder: give one ({key}={example}), or leave {key} out for a new compare.")
     if cfg.get("reproduce"):
         reproduce(Path(cfg.reproduce), cfg.compare.heartbeat_s)
         return Path(cfg.reproduce)
@@ -466,7 +468,7 @@ def compare(cfg: DictConfig, out: Path) -> Path:
 def main(cfg: DictConfig, out: Path) -> None:
     """src/compare.py: a UserError (a bad option, a failed arm) prints one `error: ...` line and exits 2.
 
-    Not `pipeline.cli`: that removes the run folder of a failed run, and here it holds the finished arms and the
+    Not `bertgpt.cli.cli`: that removes the run folder of a failed run, and here it holds the finished arms and the
     failed arm's log that the error names. Only a compare that started no arm (a bad option, report_only, dry_run)
     leaves no folder behind.
     """

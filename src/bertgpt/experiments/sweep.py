@@ -8,6 +8,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from bertgpt.files import write_text
+
 
 def trial_rows(sweep_dir: Path, metric: str) -> list[dict]:
     rows = []
@@ -51,5 +53,5 @@ class SweepTable(Callback):
             return
         searched = list(config.hydra.sweeper.get("params") or {})
         table = format_table(rows, self.metric, searched or sorted({k for r in rows for k in r["params"]}))
-        (sweep_dir / "trials.md").write_text(table + "\n")
+        write_text(sweep_dir / "trials.md", table + "\n")
         print(f"\nTrials sorted by {self.metric} ({sweep_dir}/trials.md):\n{table}")

@@ -2,11 +2,11 @@
 
 On a GPU it is PyTorch's SDPA (flash, cuDNN or memory-efficient kernels). On a CPU in bf16, SDPA picks its
 fused flash kernel, whose backward pass is slow for the small heads of these models: for MiniLM's (32, 12, T, 32)
-batch, forward + backward take 61 ms per layer at T=128 against 17 ms for two batched matmuls and a softmax
-(`bench/bench_attention.py`), and the matmuls stay ahead up to T=512 once large tensors stop paying for fresh
-pages (`bertgpt.host.keep_freed_memory`). So on a CPU in bf16 the scores are materialised:
-softmax(q kᵀ · scale + mask) v. In fp32 (a CPU without bf16) the flash kernel is the faster one
-(docs/performance.md, "Tokenization and attention"), so fp32 goes to SDPA too. `attention="sdpa"`
+batch, two batched matmuls and a softmax take a fraction of its forward + backward time at T=128, and stay ahead
+up to T=512 once large tensors stop paying for fresh pages (`bertgpt.host.keep_freed_memory`; measured by
+`bench/bench_attention.py`: docs/performance.md, "What bound the 128-token step"). So on a CPU in bf16 the
+scores are materialised: softmax(q kᵀ · scale + mask) v. In fp32 (a CPU without bf16) the flash kernel is the
+faster one (docs/performance.md, "Tokenization and attention"), so fp32 goes to SDPA too. `attention="sdpa"`
 (`model.net.attention`) keeps PyTorch's choice everywhere.
 
 The Hugging Face models use it too: `hf_attention` is registered with transformers' `AttentionInterface` as

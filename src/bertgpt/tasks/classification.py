@@ -75,7 +75,7 @@ class Classifier(L.LightningModule):
         self.val_metrics = self.metrics("val/")
         self.test_metrics = self.metrics("test/")
         self.val_acc_best = MaxMetric()
-        self.val_confusion = MulticlassConfusionMatrix(len(labels), ignore_index=-100)
+        self.val_confusion = MulticlassConfusionMatrix(len(labels), ignore_index=IGNORE)
         self._rows: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}  # (predictions, labels) per item, loader order
 
     def metrics(self, prefix: str) -> MetricCollection:
@@ -86,13 +86,12 @@ class Classifier(L.LightningModule):
         return net_logits(self.net, input_ids, attention_mask)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The loss, the predictions and the targets, flattened to the positions that have a label."""
+        """The loss, the logits and the targets, flattened to one row per position (IGNORE where it has no label)."""
         logits = self(batch["input_ids"], batch["attention_mask"]).float()
         logits, targets = logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1)
-        loss = F.cross_entropy(logits, targets, ignore_index=-100)
+        loss = F.cross_entropy(logits, targets, ignore_index=IGNORE)
         check_finite(loss, self.global_step)
-        labelled = targets != -100
-        return loss, logits.argmax(dim=-1)[labelled], targets[labelled]
+        return loss, logits, targets
 
     # The running best is a metric state, not a parameter: it is not in the state_dict, so it travels beside it
     # and a resumed run reports the best over all its epochs, not only those since the restart.
@@ -124,9 +123,15 @@ class Classifier(L.LightningModule):
         return loss
 
     def evaluation_step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, preds, targets = self.step(batch)
-        labelled = (batch["labels"] != IGNORE).sum(1).tolist() if self.head == "token" else [1] * len(targets)
-        self._rows[stage] += zip(preds.split(labelled), targets.split(labelled))  # on their device: no sync per batch
+        loss, logits, targets = self.step(batch)
+        preds = logits.argmax(dim=-1)
+        if self.head == "token":  # a word's first subword has its tag, the other positions none: keep the words
+            per_row = (batch["labels"] != IGNORE).sum(1).tolist()
+            labelled = targets != IGNORE
+            preds, targets = preds[labelled], targets[labelled]
+        else:  # one label per review: no mask, so a GPU is not made to wait for the batch's result here
+            per_row = [1] * len(targets)
+        self._rows[stage] += zip(preds.split(per_row), targets.split(per_row))  # on their device until the epoch's end
         n = len(targets)  # the mean loss is over labelled positions: reviews, or words
         getattr(self, f"{stage}_loss")(loss, n)
         metrics = getattr(self, f"{stage}_metrics")

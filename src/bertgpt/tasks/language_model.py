@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from bertgpt.data.collate import IGNORE
 from bertgpt.errors import UserError
 from bertgpt.models.bert import BertConfig, BertForMaskedLM
 from bertgpt.models.gpt import GPT, GPTConfig
@@ -21,7 +22,6 @@ from bertgpt.models.library import load_tokenizer
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 
 OBJECTIVES = {"mlm": "our BERT, masked tokens", "clm": "our GPT, next token"}
-IGNORE = -100  # cross_entropy's ignore_index: a position with nothing to predict
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_token_id: int, vocab_size: int,

@@ -15,6 +15,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from bertgpt.data.collate import IGNORE
 from bertgpt.tasks.classification import Classifier
 
 
@@ -42,7 +43,7 @@ class TokenClassifier(Classifier):
         preds, targets = super().test_step(batch, batch_idx)
         self.test_per_tag.update(preds, targets)
         if self.hparams.is_bio:  # seqeval wants the tag strings of each sentence: cut the flat, row-major words by row
-            names, words_per_row = self.hparams.labels, (batch["labels"] != -100).sum(1).tolist()
+            names, words_per_row = self.hparams.labels, (batch["labels"] != IGNORE).sum(1).tolist()
             for row_pred, row_true in zip(preds.split(words_per_row), targets.split(words_per_row)):
                 self._entities[0].append([names[i] for i in row_true.tolist()])
                 self._entities[1].append([names[i] for i in row_pred.tolist()])

@@ -14,7 +14,7 @@ from omegaconf import Container, OmegaConf
 
 from bertgpt.errors import UserError
 from bertgpt.files import atomic_file
-from bertgpt.training.safe_load import is_sharded_checkpoint, load_checkpoint_safely, refuse_unsafe_pickle  # noqa: F401  (their old home)
+from bertgpt.training.safe_load import is_sharded_checkpoint, refuse_unsafe_pickle
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
