@@ -9,6 +9,7 @@ The configs come from the checkout's conf/ by absolute path: the scripts work fr
 imports what it runs only when it runs, so one command does not pay for the imports of another.
 """
 
+import functools
 import sys
 from pathlib import Path
 
@@ -20,6 +21,34 @@ from bertgpt.cli import cli, fail, verbatim_text_argument
 CONF = str(ROOT / "conf")
 
 
+def check_group_options(argv: list[str]) -> None:
+    """`model=bret` (any config group given an option it lacks) as one `error:` line and exit 2; Hydra would report
+    the missing option over several lines, with exit status 1. Each value of a multirun list is checked; sweep
+    expressions (`choice(...)`) and `null` are left to Hydra."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        folder = ROOT / "conf" / key
+        if not value or not key.isidentifier() or not folder.is_dir() or "(" in value:
+            continue
+        choices = sorted(p.stem for p in folder.glob("*.yaml"))
+        unknown = [v for v in value.split(",") if v not in choices and v != "null"]
+        if unknown:
+            which = f" {', '.join(unknown)}" if "," in value else ""  # in a multirun list, name the unknown ones
+            fail(f"{arg}: unknown {key}{which}. Choose one of {', '.join(choices)}.")
+
+
+def checks_group_options(entry):
+    """`entry` (a hydra.main function) after `check_group_options` of the command line."""
+
+    @functools.wraps(entry)
+    def checked():
+        check_group_options(sys.argv[1:])
+        return entry()
+
+    return checked
+
+
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train.yaml")
 @cli
 def train(cfg):
@@ -28,6 +57,7 @@ def train(cfg):
     return pipeline.train(cfg)
 
 
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval.yaml")
 @cli
 def evaluate(cfg):
@@ -59,6 +89,7 @@ def predict():
     exit_on_user_error(lambda: print_predictions(compose("predict", sys.argv[1:])))
 
 
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="export.yaml")
 @cli
 def export(cfg):
@@ -76,12 +107,11 @@ def _pretrain(cfg):
 
 
 def pretrain():
-    from bertgpt.experiments.pretrain import check_objective_argument
-
-    check_objective_argument(sys.argv[1:], ROOT / "conf" / "objective")
+    check_group_options(sys.argv[1:])
     _pretrain()
 
 
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="compare.yaml")
 def compare(cfg):
     from hydra.core.hydra_config import HydraConfig
@@ -101,6 +131,7 @@ def _attention_maps(cfg):
 
 def attention_maps():
     sys.argv = verbatim_text_argument(sys.argv)
+    check_group_options(sys.argv[1:])
     _attention_maps()
 
 
@@ -115,19 +146,11 @@ def _probe(cfg):
 
 
 def probe():
-    check_task_argument(sys.argv[1:])
+    check_group_options(sys.argv[1:])
     _probe()
 
 
-def check_task_argument(argv: list[str]) -> None:
-    """`task=<unknown>` as one `error:` line and exit 2; Hydra would report the missing group option over several
-    lines, with exit status 1."""
-    choices = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
-    for arg in argv:
-        if arg.startswith("task=") and arg.split("=", 1)[1] not in choices:
-            fail(f"{arg}: unknown task. Choose one of {', '.join(choices)}.")
-
-
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="prompt.yaml")
 @cli
 def prompt(cfg):

@@ -17,7 +17,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from bertgpt.cli import fail
 from bertgpt.data.tokenize import special_tokens
 from bertgpt.errors import UserError
 from bertgpt.files import atomic_folder
@@ -61,15 +60,6 @@ class ExportAt(L.Callback):
         step = trainer.global_step  # counts optimizer steps: several micro-batches of one step export once
         if step in self.steps and step not in self.written:
             self.written[step] = str(export(pl_module, self.folder / f"export_step{step}"))
-
-
-def check_objective_argument(argv: list[str], choices_dir: Path) -> None:
-    """`objective=<unknown>` as one `error:` line and exit 2, like every other bad input. Hydra would
-    report the missing group option itself, over several lines, with exit status 1."""
-    choices = sorted(p.stem for p in choices_dir.glob("*.yaml"))
-    for arg in argv:
-        if arg.startswith("objective=") and arg.split("=", 1)[1] not in choices:
-            fail(f"{arg}: unknown objective. Choose one of {', '.join(f'{k} ({OBJECTIVES[k]})' for k in choices)}.")
 
 
 def pretrain(cfg: DictConfig) -> dict:
