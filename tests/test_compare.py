@@ -257,7 +257,7 @@ def test_reproduce_restores_the_settings_a_run_had_where_conf_changed_since(tiny
     assert settings_since(run, args) == []
     # As if conf/'s defaults had changed since the run: its saved config holds other values than its command gives today.
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
-    changed = {"model.lr": 3e-05, "model.net.dropout": None, "model.lora.target_modules": ["query", "value"], "task_name": "it's, a {test} = x"}
+    changed = {"model.lr": 3e-05, "model.net.dropout": 0.2, "model.lora.target_modules": ["query", "value"], "task_name": "it's, a {test} = x"}
     assert all(OmegaConf.select(saved, key) != value for key, value in changed.items())
     for key, value in changed.items():
         OmegaConf.update(saved, key, value)
