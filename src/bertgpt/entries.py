@@ -98,17 +98,13 @@ def export(cfg):
     write_export(cfg)
 
 
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="pretrain.yaml")
 @cli
-def _pretrain(cfg):
+def pretrain(cfg):
     from bertgpt.experiments import pretrain as pretraining
 
     return pretraining.pretrain(cfg)
-
-
-def pretrain():
-    check_group_options(sys.argv[1:])
-    _pretrain()
 
 
 @checks_group_options
@@ -121,6 +117,7 @@ def compare(cfg):
     comparison.main(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="attention_maps.yaml")
 @cli
 def _attention_maps(cfg):
@@ -131,23 +128,19 @@ def _attention_maps(cfg):
 
 def attention_maps():
     sys.argv = verbatim_text_argument(sys.argv)
-    check_group_options(sys.argv[1:])
     _attention_maps()
 
 
+@checks_group_options
 @hydra.main(version_base="1.3", config_path=CONF, config_name="probe.yaml")
 @cli
-def _probe(cfg):
+def probe(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from bertgpt.experiments.probes import main as fit_probes
 
     return fit_probes(cfg, HydraConfig.get().runtime.choices["task"])
 
-
-def probe():
-    check_group_options(sys.argv[1:])
-    _probe()
 
 
 @checks_group_options
