@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from bertgpt.data.collate import IGNORE, PadCollator  # noqa: F401  (IGNORE: where the tests import it)
 from bertgpt.data.tokenize import model_limit
 from bertgpt.errors import UserError
-from bertgpt.models.hub import default_cache_dir
 from bertgpt.models.library import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -174,10 +173,6 @@ class TokenDataModule(L.LightningDataModule):
 
     def encoded_splits(self) -> dict[str, dict[str, torch.Tensor]]:
         raise NotImplementedError
-
-    def cache_path(self, key: str) -> Path:
-        root = Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
-        return root / "tokenized" / f"{key[:24]}.pt"
 
     def prepare_data(self) -> None:
         self.encoded_splits()  # rank 0 only: tokenizes once and fills the cache for every process

@@ -27,7 +27,6 @@ from bertgpt.data import tokenize
 from bertgpt.data.base import ResumableSampler, TokenDataModule
 from bertgpt.data.reviews import IMDBDataModule, bundled_csv, read_text
 from bertgpt.errors import UserError
-from bertgpt.models.hub import default_cache_dir
 from bertgpt.models.library import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ class TextBlocks(L.LightningDataModule):
         hp = self.hparams
         texts = documents(hp.tokenizer, hp.path, hp.exclude_held_out, hp.split_seed)[: hp.max_docs]
         key = tokenize.cache_key({"documents": (texts, [])}, self.tokenizer, max_length=0, truncation="none")
-        path = (Path(hp.cache_dir) if hp.cache_dir else default_cache_dir()) / "tokenized" / f"{key[:24]}.pt"
+        path = tokenize.cache_path(key, hp.cache_dir)
         cached = tokenize.load_cache(path, key)
         if cached is not None:
             log.info("Tokenized documents from cache %s", path)

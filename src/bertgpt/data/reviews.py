@@ -280,7 +280,7 @@ class IMDBDataModule(TokenDataModule):
         hp = self.hparams
         raw = self.raw_splits()
         key = tokenize.cache_key({k: (v.texts, v.labels) for k, v in raw.items()}, self.tokenizer, hp.max_length, hp.truncation)
-        path = self.cache_path(key)
+        path = tokenize.cache_path(key, hp.cache_dir)
         cached = tokenize.load_cache(path, key)
         if cached is not None:
             log.info("Tokenized data from cache %s", path)

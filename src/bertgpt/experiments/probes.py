@@ -34,7 +34,7 @@ from bertgpt.data.base import IGNORE, TokenizedSplit
 from bertgpt.errors import UserError
 from bertgpt.experiments.stats import bootstrap_accuracy
 from bertgpt.files import atomic_file, write_text
-from bertgpt.models.hub import BUNDLED, default_cache_dir, resolve_checkpoint
+from bertgpt.models.hub import BUNDLED, cache_root, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def features_key(folder: Path, task: str, splits: dict[str, TokenizedSplit], pre
 
 
 def features_path(key: str, cache_dir: str | Path | None = None) -> Path:
-    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "features" / f"{key[:24]}.npz"
+    return cache_root(cache_dir) / "features" / f"{key[:24]}.npz"
 
 
 def save_features(path: Path, key: str, features: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]) -> None:

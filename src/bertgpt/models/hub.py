@@ -29,7 +29,11 @@ OFFLINE_HINT = (
 )
 
 
-def default_cache_dir() -> Path:
+def cache_root(folder: str | Path | None = None) -> Path:
+    """Where the project caches what it builds (tokenized splits, features, the converted decoder, the Brown
+    corpus): `folder` when one is given (a `cache_dir` option), else $BERTGPT_CACHE, else ~/.cache/bertgpt."""
+    if folder:
+        return Path(folder)
     return Path(os.environ.get("BERTGPT_CACHE", Path.home() / ".cache" / "bertgpt"))
 
 
@@ -73,7 +77,7 @@ def _smollm2_dir(cache_dir: Path) -> Path:
 
 def resolve_checkpoint(name: str, cache_dir: str | Path | None = None) -> str:
     """A local folder for a bundled name or an existing path; otherwise the name itself (a hub id)."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = cache_root(cache_dir)
     if name == "all-minilm-l6-v2":
         return str(_minilm_dir())
     if name == "smollm2-135m":
