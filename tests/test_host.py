@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import compose_train
 
-from bertgpt.host import cpu_name
+from bertgpt.host import cpu_flags, cpu_name
 
 ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n"
 ZEN5 = ZEN3.replace("cpu family\t: 25", "cpu family\t: 26").replace("model\t\t: 1", "model\t\t: 2")
@@ -17,6 +17,15 @@ def test_the_cpu_is_named_with_its_family_and_model(cpuinfo, name, tmp_path):
     file = tmp_path / "cpuinfo"
     file.write_text(cpuinfo.rstrip("\n") + "\n\n" + ZEN3.replace("processor\t: 0", "processor\t: 1"))  # a second core must not mix in
     assert cpu_name(file) == name
+
+
+def test_the_cpu_flags_are_the_first_processors(tmp_path):
+    file = tmp_path / "cpuinfo"
+    file.write_text(ZEN3 + ZEN3.replace("processor\t: 0", "processor\t: 1").replace("fpu avx2", "fpu avx512_bf16"))
+    assert cpu_flags(file) == {"fpu", "avx2"}
+    file.write_text("model name\t: Intel Xeon\n")
+    assert cpu_flags(file) is None
+    assert cpu_flags(tmp_path / "absent") is None
 
 
 @pytest.mark.parametrize("gpu", [False, True])

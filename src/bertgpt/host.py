@@ -31,16 +31,24 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux) with its family and model numbers, for reports: "x86_64"
-    alone says little a week later, and a virtual machine may say only "AMD EPYC", which is a Zen 3 (family
-    25, AVX2) on one machine of this kind, a Zen 4 (family 25, model 17, AVX-512 BF16 at half width) on
-    another and a Zen 5 (family 26, AVX-512 BF16) on a third."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def first_cpu(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (Linux), or none where it cannot be read."""
     try:
-        first_cpu = cpuinfo.read_text().split("\n\n")[0].splitlines()
+        lines = cpuinfo.read_text().split("\n\n")[0].splitlines()
     except OSError:
-        first_cpu = []
-    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu) if value}
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines) if value}
+
+
+def cpu_name(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name with its family and model numbers, for reports: "x86_64" alone says little a week
+    later, and a virtual machine may say only "AMD EPYC", which is a Zen 3 (family 25, AVX2) on one machine of
+    this kind, a Zen 4 (family 25, model 17, AVX-512 BF16 at half width) on another and a Zen 5 (family 26,
+    AVX-512 BF16) on a third."""
+    fields = first_cpu(cpuinfo)
     if "model name" not in fields:
         return platform.processor() or platform.machine()
     numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if key in fields]
@@ -51,13 +59,10 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
-    try:
-        line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), None)
-    except OSError:
-        return None
-    return set(line.split(":", 1)[1].split()) if line else None
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The CPU's feature flags, or None where they cannot be read."""
+    flags = first_cpu(cpuinfo).get("flags")
+    return set(flags.split()) if flags else None
 
 
 # Environment variables that keep torch's kernels below what the CPU has: ATen's vector kernels, oneDNN's (the
