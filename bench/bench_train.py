@@ -249,9 +249,8 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
 
     import hydra
     import lightning as L
-    from hydra import compose, initialize_config_dir
 
-    from bertgpt import cli  # noqa: F401  (registers the config resolvers conf/ uses)
+    from bertgpt import cli
     from bertgpt.data.reviews import IMDBDataModule
 
     class Clock(L.Callback):
@@ -278,8 +277,8 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
     if host:
         keep_freed_memory()
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"), tempfile.TemporaryDirectory() as out:
-        cfg = compose("train", overrides=[
+    with tempfile.TemporaryDirectory() as out:
+        cfg = cli.compose("train", [
             "model=bert", f"model.net.checkpoint={checkpoint}", f"model.net.pretrained={not random_init}",
             f"data.max_length={max_length}", f"data.train_size={count}", f"data.batch_size={batch_size}",
             f"seed={seed}", f"paths.output_dir={out}", *overrides, *extra_overrides,

@@ -8,6 +8,7 @@ traceback of a user error too.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import shutil
@@ -110,6 +111,14 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         raise UserError(" ".join(str(err).split())) from err
     finally:
         restore_gh_from_backup(outer)
+
+
+def clock(seconds: float) -> str:
+    """A duration for a log line: 4:05, 1:02:03, or ? where it is not known yet (a rate of zero, a NaN)."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def hydra_quote(text: str) -> str:

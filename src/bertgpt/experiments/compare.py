@@ -26,10 +26,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt import ROOT
-from bertgpt.cli import compose, exit_on_user_error, hydra_value, override_value
+from bertgpt.cli import clock, compose, exit_on_user_error, hydra_value, override_value
 from bertgpt.errors import UserError
 from bertgpt.files import write_text
 from bertgpt.host import best_precision, machine
+from bertgpt.tasks.language_model import OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,6 @@ ARMS = {
     "bert_mlm_cloze": Arm("prompting", "export", "our BERT, MLM-pretrained, cloze", "mlm", script="prompt",
                           options=("method=cloze",), seeded=False),
 }
-PRETRAINING = {"mlm": "our BERT, masked LM", "clm": "our GPT, next token"}
 
 
 @dataclass
@@ -208,7 +208,7 @@ def plan(cfg: DictConfig, out: Path) -> list[Run]:
             runs.append(Run(f"pretrain_{arm.objective}", "pretrain",
                             [f"objective={arm.objective}", f"trainer.max_steps={b['pretrain_steps']}",
                              f"data.max_docs={hydra_value(b['pretrain_docs'])}", *exports, f"seed={b['seed']}", *cfg.compare.pretrain.overrides],
-                            "pretraining", PRETRAINING[arm.objective], {"objective": arm.objective}))
+                            "pretraining", OBJECTIVES[arm.objective], {"objective": arm.objective}))
         arm_seeds = (b["seeds"][: b["decoder_seeds"]] if arm.decoder else b["seeds"]) if arm.seeded else [b["seeds"][0]]
         sizes = [arm_train_size(b, arm)] + (list(b["curve_sizes"]) if arm.curve else [])
         if arm.decoder and arm.script == "train":  # the decoder trains several times slower (docs/bert_vs_gpt.md, "Cost"): its own sizes
@@ -266,11 +266,6 @@ def now() -> str:
 
 def save_manifest(out: Path, manifest: dict) -> None:
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-
-
-def clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def last_error(output: str) -> str:

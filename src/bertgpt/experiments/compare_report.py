@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from bertgpt import ROOT
+from bertgpt.cli import clock
 from bertgpt.errors import UserError
-from bertgpt.experiments.compare import clock
 from bertgpt.experiments.stats import (
     RESAMPLES,
     bootstrap_accuracy,

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertgpt.cli import clock
 from bertgpt.files import write_text
 from bertgpt.training.checkpoints import newest_checkpoint
 
@@ -119,13 +120,6 @@ class ProgressLog(L.Callback):
         loss = trainer.callback_metrics.get("train/loss")
         log.info("step %d/%d (epoch %d/%d)  loss %s  %.1f samples/s  elapsed %s  left ~%s", step, total, trainer.current_epoch + 1,
                  trainer.max_epochs, f"{float(loss):.4f}" if loss is not None else "-", self.samples / elapsed, clock(elapsed), clock(left))
-
-
-def clock(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 class ConfusionMatrixLogger(L.Callback):
