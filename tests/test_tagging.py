@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -165,4 +166,17 @@ def test_bio_tags_get_seqeval_entity_f1(tiny_bert, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0 <= metrics["test/entity_f1"] <= 1
+    # the same score from the test's predictions, regrouped into sentences here: each sentence's words, in order
+    from seqeval.metrics import f1_score
+
+    saved = json.loads((run / "predictions.json").read_text())
+    ends = list(itertools.accumulate(saved["words"]))
+    assert ends[-1] == len(saved["label"]) == len(saved["prediction"])
+
+    def sentences(ids: list[int]) -> list[list[str]]:
+        return [[saved["labels"][i] for i in ids[start:end]] for start, end in zip([0, *ends], ends)]
+
+    true, predicted = sentences(saved["label"]), sentences(saved["prediction"])
+    assert all(len(sentence) == 6 for sentence in true)
+    assert metrics["test/entity_f1"] == pytest.approx(f1_score(true, predicted), abs=1e-6)
+    assert 0 < metrics["test/entity_f1"] <= 1

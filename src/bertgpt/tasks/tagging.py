@@ -15,7 +15,6 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from bertgpt.data.collate import IGNORE
 from bertgpt.tasks.classification import Classifier
 
 
@@ -33,7 +32,6 @@ class TokenClassifier(Classifier):
             "recall": MulticlassRecall(n, average="none"),
             "f1": MulticlassF1Score(n, average="none"),
         })
-        self._entities: tuple[list, list] = ([], [])
 
     def metrics(self, prefix: str) -> MetricCollection:
         n = len(self.hparams.labels)
@@ -42,25 +40,23 @@ class TokenClassifier(Classifier):
     def test_step(self, batch, batch_idx):
         preds, targets = super().test_step(batch, batch_idx)
         self.test_per_tag.update(preds, targets)
-        if self.hparams.is_bio:  # seqeval wants the tag strings of each sentence: cut the flat, row-major words by row
-            names, words_per_row = self.hparams.labels, (batch["labels"] != IGNORE).sum(1).tolist()
-            for row_pred, row_true in zip(preds.split(words_per_row), targets.split(words_per_row)):
-                self._entities[0].append([names[i] for i in row_true.tolist()])
-                self._entities[1].append([names[i] for i in row_pred.tolist()])
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self.test_per_tag.reset()
-        self._entities = ([], [])
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         per_tag = {k: v.tolist() for k, v in self.test_per_tag.compute().items()}
         self.per_tag = {tag: {k: per_tag[k][i] for k in per_tag} for i, tag in enumerate(self.hparams.labels)}
-        if self.hparams.is_bio and self._entities[0]:
+        if self.hparams.is_bio and self._rows["test"]:
             from seqeval.metrics import f1_score
 
-            self.log("test/entity_f1", f1_score(*self._entities), sync_dist=False)
+            # seqeval scores entities sentence by sentence, from tag strings: the test's rows are the sentences
+            names, rows = self.hparams.labels, self._rows["test"]
+            true = [[names[i] for i in target.tolist()] for _, target in rows]
+            predicted = [[names[i] for i in pred.tolist()] for pred, _ in rows]
+            self.log("test/entity_f1", f1_score(true, predicted), sync_dist=False)
 
 
 def per_tag_table(per_tag: dict[str, dict[str, float]]) -> str:
