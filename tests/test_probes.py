@@ -93,16 +93,16 @@ def linear_label(n: int = 600, width: int = 16, seed: int = 0):
 def test_a_linear_label_is_found_and_shuffled_labels_are_chance():
     features, y, rng = linear_label()
     train, test = slice(0, 400), slice(400, 600)
-    held_out = probes.selection_items(np.ones(400, dtype=np.int64), 0.2, seed=0)
+    fold = probes.selection_folds(np.ones(400, dtype=np.int64), 5, seed=0)
     split = lambda labels, part: ({"mean": features[:, part]}, labels[part])  # noqa: E731
-    found = probes.probe_layers(split(y, train), split(y, test), held_out, seed=0, resamples=500)
+    found = probes.probe_layers(split(y, train), split(y, test), fold, seed=0, resamples=500)
     assert found["accuracy"]["mean"][1] > 0.97 and 0.35 < found["accuracy"]["mean"][0] < 0.65
     assert found["selection"]["mean"][1] > 0.95 and 0.3 < found["selection"]["mean"][0] < 0.7
     assert found["best"] == {"pooling": "mean", "layer": 1, "acc": found["accuracy"]["mean"][1], "selection_acc": found["selection"]["mean"][1]}
     low, high = found["interval"]["mean"][1]
     assert low <= found["best"]["acc"] <= high
     shuffled = rng.permutation(y)
-    chance = probes.probe_layers(split(shuffled, train), split(shuffled, test), held_out, seed=0, resamples=500)
+    chance = probes.probe_layers(split(shuffled, train), split(shuffled, test), fold, seed=0, resamples=500)
     assert all(0.35 < acc < 0.65 for acc in chance["accuracy"]["mean"])
 
 
@@ -111,27 +111,52 @@ def test_the_probe_is_chosen_without_the_test_labels():
     training, although on test labels that are noise another layer may read higher by chance."""
     features, y, rng = linear_label()
     train = ({"mean": features[:, :400], "first": features[::-1, :400]}, y[:400])
-    held_out = probes.selection_items(np.ones(400, dtype=np.int64), 0.2, seed=0)
+    fold = probes.selection_folds(np.ones(400, dtype=np.int64), 5, seed=0)
     chosen = []
     for labels in (y[400:], rng.permutation(y[400:]), 1 - y[400:]):
-        result = probes.probe_layers(train, ({"mean": features[:, 400:], "first": features[::-1, 400:]}, labels), held_out, seed=0, resamples=200)
+        result = probes.probe_layers(train, ({"mean": features[:, 400:], "first": features[::-1, 400:]}, labels), fold, seed=0, resamples=200)
         chosen.append((result["best"]["pooling"], result["best"]["layer"]))
         assert result["test_max"]["acc"] == max(max(a) for a in result["accuracy"].values()) >= result["best"]["acc"]
     assert chosen == [("mean", 1)] * 3  # "mean" comes first, and ties go to the first candidate
     assert result["best"]["acc"] < 0.05 and result["test_max"] == {"pooling": "mean", "layer": 0, "acc": result["accuracy"]["mean"][0]}
 
 
-def test_the_selection_holds_out_whole_examples():
-    counts = np.array([3, 1, 4, 2, 5, 2, 3, 1, 2, 2])  # words per sentence
-    held = probes.selection_items(counts, 0.2, seed=1)
-    assert held.shape == (counts.sum(),) and held.dtype == bool
-    per_sentence = np.split(held, np.cumsum(counts)[:-1])
-    assert all(part.all() or not part.any() for part in per_sentence)  # a sentence is on one side
-    assert sum(part.all() for part in per_sentence) == 2  # a fifth of the 10 sentences
-    assert np.array_equal(held, probes.selection_items(counts, 0.2, seed=1)) and not np.array_equal(held, probes.selection_items(counts, 0.2, seed=2))
-    for fraction in (0, 1, 1.5):
-        with pytest.raises(UserError, match=f"probe.selection_fraction={fraction}: "):
-            probes.selection_items(counts, fraction, seed=1)
+def test_the_selection_folds_keep_whole_examples():
+    counts = np.array([3, 1, 4, 2, 5, 2, 3, 1, 2, 2, 1])  # words per sentence
+    fold = probes.selection_folds(counts, 5, seed=1)
+    assert fold.shape == (counts.sum(),)
+    per_sentence = np.split(fold, np.cumsum(counts)[:-1])
+    assert all(len(set(part)) == 1 for part in per_sentence)  # a sentence's words are in one fold
+    sentences_per_fold = np.bincount([part[0] for part in per_sentence], minlength=5)
+    assert sorted(sentences_per_fold) == [2, 2, 2, 2, 3]  # 11 sentences dealt into 5 folds
+    assert np.array_equal(fold, probes.selection_folds(counts, 5, seed=1)) and not np.array_equal(fold, probes.selection_folds(counts, 5, seed=2))
+    for folds in (1, 12, 2.5, True):
+        with pytest.raises(UserError, match=f"probe.selection_folds={folds}: "):
+            probes.selection_folds(counts, folds, seed=1)
+
+
+def test_the_choice_reads_out_of_fold_predictions_only():
+    """Each item's selection prediction comes from a fit without its fold: a layer that memorises (a feature that
+    names each item) reads perfectly on its training items but no better than chance on the folds it did not see."""
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.integers(0, 2, n)
+    identity = np.eye(n, dtype=np.float32) * 10  # each item its own direction: learnable in-sample, useless out of it
+    weak = np.zeros((n, n), dtype=np.float32)
+    weak[:, 0] = (2 * y - 1) + rng.normal(scale=1.5, size=n)  # the label, noisily
+    fold = probes.selection_folds(np.ones(n, dtype=np.int64), 5, seed=0)
+    result = probes.probe_layers(({"mean": np.stack([identity, weak])}, y), ({"mean": np.stack([identity, weak])}, y), fold, seed=0, resamples=100)
+    assert result["accuracy"]["mean"][0] == 1.0  # tested on its own training items, the memoriser is perfect
+    assert 0.3 < result["selection"]["mean"][0] < 0.7 < result["selection"]["mean"][1]
+    assert (result["best"]["pooling"], result["best"]["layer"]) == ("mean", 1)
+
+
+def test_a_fold_without_both_classes_is_one_error():
+    y = np.array([0, 1] + [0] * 8)
+    features = np.random.default_rng(0).normal(size=(1, 10, 4)).astype(np.float32)
+    fold = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])  # fitting without fold 0 sees only label 0
+    with pytest.raises(UserError, match="without its selection fold 0 holds only label 0.*probe.selection_folds"):
+        probes.probe_layers(({"mean": features}, y), ({"mean": features}, y), fold, seed=0, resamples=10)
 
 
 def probe_run(tmp_path, checkpoint, data, *extra, name="run"):
@@ -151,7 +176,7 @@ def test_cli_writes_consistent_files_and_reruns_from_the_cache(tiny_bert, review
     best = report["best"]
     assert best["acc"] == report["accuracy"][best["pooling"]][best["layer"]] <= report["test_max"]["acc"] == max(max(a) for a in report["accuracy"].values())
     assert best["selection_acc"] == max(max(a) for a in report["selection"].values()) == report["selection"][best["pooling"]][best["layer"]]
-    assert report["selection_fraction"] == 0.2
+    assert report["selection_folds"] == 5
     assert np.mean(np.equal(predictions["label"], predictions["prediction"])) == pytest.approx(best["acc"])
     assert predictions["labels"] == ["negative", "positive"] and len(predictions["label"]) == 10
     assert metrics["test/acc"] == best["acc"] and metrics["test/samples"] == 10

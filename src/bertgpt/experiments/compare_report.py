@@ -655,8 +655,9 @@ NOTES = (
 
 
 def probe_table(runs: list[RunFiles]) -> str:
-    """The chosen probe of each run (on held-out training items; a run from before 2026-12-05 chose on the test
-    split, so its two accuracy columns agree) and the test curve's maximum, which that choice would have read."""
+    """The chosen probe of each run (by its accuracy on training items it was not fitted on; a run from before
+    2026-12-05 chose on the test split, so its two accuracy columns agree) and the test curve's maximum, which that
+    choice would have read."""
     lines = ["| run | model | task | layers | trained on | chosen layer | pooling | held-out acc | the test curve's max | max at | feature time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:

@@ -13,10 +13,10 @@ fits the probes without running the model. An item is a review (pooled as its `f
 real tokens, or its `last` real token) or, for POS, a word (its first subword: where the datamodule puts its tag).
 Each (layer, pooling) gets a standardized logistic regression, and its test accuracy a bootstrap interval: the
 curve of what each layer holds. The probe's own score is one (layer, pooling), chosen without the test split: by
-accuracy on a fifth of the training examples (`probe.selection_fraction`; whole sentences for POS), held out of a
-second fit of each candidate. Taking the curve's maximum instead would pick the luckiest of 21 (MiniLM) or 93
-(SmolLM2) test readings, an optimism that grows with the candidates; probes.json keeps that maximum beside the
-choice, so the two can be compared.
+its cross-validated accuracy on the training examples (`probe.selection_folds` folds, whole sentences for POS),
+where every training example is predicted once by a fit that did not see it. Taking the curve's maximum instead
+would pick the luckiest of 21 (MiniLM) or 93 (SmolLM2) test readings, an optimism that grows with the candidates;
+probes.json keeps that maximum beside the choice, so the two can be compared.
 """
 
 from __future__ import annotations
@@ -200,39 +200,55 @@ def load_features(path: Path, key: str) -> dict[str, tuple[dict[str, np.ndarray]
 # ----- the probes --------------------------------------------------------------------------------------------
 
 
-def fit_probe(train_x: np.ndarray, train_y: np.ndarray, seed: int, C: float = 1.0, max_iter: int = 2000):
-    """A logistic regression on standardized features (lbfgs: multinomial over the tags)."""
+def probe_model(seed: int, C: float = 1.0, max_iter: int = 2000):
+    """A logistic regression on standardized features (lbfgs: multinomial over the tags), not yet fitted."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if len(np.unique(train_y)) < 2:
-        raise UserError(f"the training split holds only label {int(train_y[0])}: a probe needs at least two classes. Raise data.train_size.")
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed)).fit(train_x, train_y)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
 
 
-def selection_items(counts: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A mask over the training items: those of a random `fraction` of the examples (each example holds `counts`
-    items: 1 review, or a sentence's words, which go together so that no sentence is on both sides)."""
-    if not 0 < fraction < 1:
-        raise UserError(f"probe.selection_fraction={fraction}: give a fraction of the training examples between 0 and 1 "
-                        "(default 0.2), held out to choose the layer and pooling.")
+def check_two_classes(labels: np.ndarray, where: str, fix: str) -> None:
+    if len(np.unique(labels)) < 2:
+        raise UserError(f"{where} holds only label {int(labels[0])}: a probe needs at least two classes. {fix}")
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, seed: int, C: float = 1.0, max_iter: int = 2000):
+    check_two_classes(train_y, "the training split", "Raise data.train_size.")
+    return probe_model(seed, C, max_iter).fit(train_x, train_y)
+
+
+def selection_folds(counts: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each training item's fold, 0 to folds - 1: the examples dealt in a random order into `folds` folds of near-equal
+    size (an example holds `counts` items: 1 review, or a sentence's words, which go together so that no sentence
+    is on both sides of a fit)."""
     examples = len(counts)
-    held = np.zeros(examples, dtype=bool)
-    held[np.random.default_rng(seed).permutation(examples)[: max(1, round(fraction * examples))]] = True
-    return np.repeat(held, counts)
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= examples:
+        raise UserError(f"probe.selection_folds={folds}: give a whole number of folds from 2 to the {examples} training examples "
+                        "(default 5); each is held out of one fit, to choose the layer and pooling.")
+    fold = np.empty(examples, dtype=np.int64)
+    fold[np.random.default_rng(seed).permutation(examples)] = np.arange(examples) % folds
+    return np.repeat(fold, counts)
 
 
 def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[dict[str, np.ndarray], np.ndarray],
-                 held_out: np.ndarray, seed: int, C: float = 1.0, max_iter: int = 2000, resamples: int = 10_000,
+                 fold: np.ndarray, seed: int, C: float = 1.0, max_iter: int = 2000, resamples: int = 10_000,
                  groups: list[int] | None = None) -> dict:
-    """{"accuracy", "interval": {pooling: test accuracy per layer}, "selection": {pooling: held-out training accuracy per
-    layer}, "best": {pooling, layer, acc, selection_acc}, "test_max": the curve's maximum, "predictions": the best's}.
+    """{"accuracy", "interval": {pooling: test accuracy per layer}, "selection": {pooling: cross-validated training
+    accuracy per layer}, "best": {pooling, layer, acc, selection_acc}, "test_max": the curve's maximum, "predictions":
+    the best's}.
 
-    Each candidate is fitted twice: on all training items (its test accuracy, the curve) and on those outside
-    `held_out` (its accuracy on the held-out ones, which chooses `best`; the first candidate wins a tie). The
-    intervals resample the test items, or whole `groups` of them."""
+    Each candidate is fitted on all training items (its test accuracy, the curve) and once more per fold of `fold`
+    (each training item's, `selection_folds`) without that fold, which it then predicts: the accuracy of those
+    out-of-fold predictions chooses `best` (the first candidate wins a tie). The intervals resample the test items,
+    or whole `groups` of them."""
+    from sklearn.model_selection import PredefinedSplit, cross_val_predict
+
     (train_pooled, train_y), (test_pooled, test_y) = train, test
+    for k in np.unique(fold):
+        check_two_classes(train_y[fold != k], f"the training split without its selection fold {k}",
+                          "Raise data.train_size or lower probe.selection_folds.")
     accuracy, interval, selection, best, test_max, predictions = {}, {}, {}, None, None, None
     for pooling, train_x in train_pooled.items():
         accuracy[pooling], interval[pooling], selection[pooling] = [], [], []
@@ -241,12 +257,12 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
             x = train_x[layer].astype(np.float32)  # fp32 one layer at a time
             predicted = fit_probe(x, train_y, seed, C, max_iter).predict(test_pooled[pooling][layer].astype(np.float32))
             result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed, groups=groups)
-            chooser = fit_probe(x[~held_out], train_y[~held_out], seed, C, max_iter)
-            chosen_by = float(np.mean(chooser.predict(x[held_out]) == train_y[held_out]))
+            out_of_fold = cross_val_predict(probe_model(seed, C, max_iter), x, train_y, cv=PredefinedSplit(fold))
+            chosen_by = float(np.mean(out_of_fold == train_y))
             accuracy[pooling].append(result.mean)
             interval[pooling].append([result.low, result.high])
             selection[pooling].append(chosen_by)
-            log.info("Probe %s, layer %d/%d: held-out training accuracy %.4f, test accuracy %.4f [%.4f, %.4f], %.1f s", pooling, layer,
+            log.info("Probe %s, layer %d/%d: cross-validated training accuracy %.4f, test accuracy %.4f [%.4f, %.4f], %.1f s", pooling, layer,
                      train_x.shape[0] - 1, chosen_by, result.mean, result.low, result.high, time.perf_counter() - started)
             if best is None or chosen_by > best["selection_acc"]:
                 best, predictions = {"pooling": pooling, "layer": layer, "acc": result.mean, "selection_acc": chosen_by}, predicted
@@ -300,8 +316,8 @@ def main(cfg, task: str) -> dict:
     started = time.perf_counter()
     probe = cfg.probe
     words = item_counts(splits["test"], per_word).tolist() if per_word else None  # each test sentence's, for the intervals
-    held_out = selection_items(item_counts(splits["train"], per_word), probe.selection_fraction, cfg.seed)
-    results = probe_layers(features["train"], features["test"], held_out, cfg.seed, probe.C, probe.max_iter, probe.resamples, words)
+    fold = selection_folds(item_counts(splits["train"], per_word), probe.selection_folds, cfg.seed)
+    results = probe_layers(features["train"], features["test"], fold, cfg.seed, probe.C, probe.max_iter, probe.resamples, words)
     probe_seconds = time.perf_counter() - started
 
     output_dir = Path(cfg.paths.output_dir)
@@ -311,7 +327,7 @@ def main(cfg, task: str) -> dict:
         "task": task, "checkpoint": str(cfg.checkpoint), "n_layers": n_layers,
         "n_train": len(features["train"][1]), "n_test": len(features["test"][1]), "layers": list(range(n_layers + 1)),
         "accuracy": results["accuracy"], "interval": results["interval"], "selection": results["selection"],
-        "selection_fraction": probe.selection_fraction, "best": best, "test_max": results["test_max"],
+        "selection_folds": probe.selection_folds, "best": best, "test_max": results["test_max"],
         "precision": str(cfg.precision), "feature_seconds": feature_seconds, "probe_seconds": probe_seconds, "from_cache": from_cache,
     }
     write_text(output_dir / "probes.json", json.dumps(report, indent=2) + "\n")
@@ -321,7 +337,7 @@ def main(cfg, task: str) -> dict:
     write_metrics({"test/acc": best["acc"], "test/samples": report["n_test"], "probe/best_layer": best["layer"],
                    "probe/best_pooling": best["pooling"], "probe/feature_seconds": feature_seconds,
                    "probe/probe_seconds": probe_seconds, "probe/from_cache": from_cache}, output_dir)
-    log.info("Chosen probe (on held-out training %s): %s pooling, layer %d of %d, test accuracy %.4f on %d %s (the test curve's "
+    log.info("Chosen probe (by cross-validation on the training %s): %s pooling, layer %d of %d, test accuracy %.4f on %d %s (the test curve's "
              "maximum: %.4f). Written to %s", "words" if per_word else "reviews", best["pooling"], best["layer"], n_layers, best["acc"],
              report["n_test"], "words" if per_word else "reviews", results["test_max"]["acc"], output_dir)
     return report
