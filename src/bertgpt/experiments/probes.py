@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -244,30 +245,36 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
     out-of-fold predictions chooses `best` (the first candidate wins a tie). The intervals resample the test items,
     or whole `groups` of them."""
     from sklearn.model_selection import PredefinedSplit, cross_val_predict
+    from threadpoolctl import threadpool_limits
 
     (train_pooled, train_y), (test_pooled, test_y) = train, test
-    for k in np.unique(fold):
+    folds = np.unique(fold)
+    for k in folds:
         check_two_classes(train_y[fold != k], f"the training split without its selection fold {k}",
                           "Raise data.train_size or lower probe.selection_folds.")
+    # The fits' matrices are small: BLAS threads inside one fit cost more than they give, so each fit gets one
+    # thread and the folds are fitted side by side in processes (docs/performance.md, "Probe fits").
+    cv, workers = PredefinedSplit(fold), min(len(folds), os.cpu_count() or 1)
     accuracy, interval, selection, best, test_max, predictions = {}, {}, {}, None, None, None
-    for pooling, train_x in train_pooled.items():
-        accuracy[pooling], interval[pooling], selection[pooling] = [], [], []
-        for layer in range(train_x.shape[0]):
-            started = time.perf_counter()
-            x = train_x[layer].astype(np.float32)  # fp32 one layer at a time
-            predicted = fit_probe(x, train_y, seed, C, max_iter).predict(test_pooled[pooling][layer].astype(np.float32))
-            result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed, groups=groups)
-            out_of_fold = cross_val_predict(probe_model(seed, C, max_iter), x, train_y, cv=PredefinedSplit(fold))
-            chosen_by = float(np.mean(out_of_fold == train_y))
-            accuracy[pooling].append(result.mean)
-            interval[pooling].append([result.low, result.high])
-            selection[pooling].append(chosen_by)
-            log.info("Probe %s, layer %d/%d: cross-validated training accuracy %.4f, test accuracy %.4f [%.4f, %.4f], %.1f s", pooling, layer,
-                     train_x.shape[0] - 1, chosen_by, result.mean, result.low, result.high, time.perf_counter() - started)
-            if best is None or chosen_by > best["selection_acc"]:
-                best, predictions = {"pooling": pooling, "layer": layer, "acc": result.mean, "selection_acc": chosen_by}, predicted
-            if test_max is None or result.mean > test_max["acc"]:
-                test_max = {"pooling": pooling, "layer": layer, "acc": result.mean}
+    with threadpool_limits(1):
+        for pooling, train_x in train_pooled.items():
+            accuracy[pooling], interval[pooling], selection[pooling] = [], [], []
+            for layer in range(train_x.shape[0]):
+                started = time.perf_counter()
+                x = train_x[layer].astype(np.float32)  # fp32 one layer at a time
+                predicted = fit_probe(x, train_y, seed, C, max_iter).predict(test_pooled[pooling][layer].astype(np.float32))
+                result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed, groups=groups)
+                out_of_fold = cross_val_predict(probe_model(seed, C, max_iter), x, train_y, cv=cv, n_jobs=workers)
+                chosen_by = float(np.mean(out_of_fold == train_y))
+                accuracy[pooling].append(result.mean)
+                interval[pooling].append([result.low, result.high])
+                selection[pooling].append(chosen_by)
+                log.info("Probe %s, layer %d/%d: cross-validated training accuracy %.4f, test accuracy %.4f [%.4f, %.4f], %.1f s", pooling,
+                         layer, train_x.shape[0] - 1, chosen_by, result.mean, result.low, result.high, time.perf_counter() - started)
+                if best is None or chosen_by > best["selection_acc"]:
+                    best, predictions = {"pooling": pooling, "layer": layer, "acc": result.mean, "selection_acc": chosen_by}, predicted
+                if test_max is None or result.mean > test_max["acc"]:
+                    test_max = {"pooling": pooling, "layer": layer, "acc": result.mean}
     return {"accuracy": accuracy, "interval": interval, "selection": selection, "best": best, "test_max": test_max,
             "predictions": predictions}
 
