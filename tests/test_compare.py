@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import shutil
@@ -18,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bertgpt.cli import compose
 from bertgpt.errors import UserError
-from bertgpt.experiments.compare import ARMS, leaves, settings_since
+from bertgpt.experiments.compare import ARMS, Run, finished, leaves, settings_since
 from bertgpt.experiments.compare_report import read_events, write_report
 from bertgpt.experiments.stats import t_interval
 
@@ -212,6 +213,26 @@ def test_a_repeated_compare_resumes_and_runs_nothing_again(tiny_compare, tiny, t
     assert f"{len(before)} of {len(before)} runs finished there already" in result.stdout + result.stderr
     assert {name: (folder / name / "metrics.json").stat().st_mtime_ns for name in run_names(folder)} == before
     assert parse_tables((tmp_path / "compare.md").read_text()) == parse_tables(report.read_text())
+
+
+@pytest.mark.slow
+def test_a_finished_run_counts_as_done_only_while_conf_gives_its_command_the_same_settings(tiny_compare, tmp_path, caplog):
+    """A default changed in conf/ since a run (hidden dropout's, say) makes the same command run other settings: a
+    resumed compare runs it again, naming the setting. Checked on a copy of one run, the fixture's folder untouched."""
+    folder, *_ = tiny_compare
+    record = json.loads((folder / "compare.json").read_text())["runs"]["probe_bert"]
+    args = [a for a in shlex.split(record["command"])[2:] if not a.startswith("hydra.run.dir=")]
+    run = Run("probe_bert", record["script"], args, record["part"], record["description"])
+    shutil.copytree(folder / "probe_bert", tmp_path / "probe_bert")
+    before = {"probe_bert": {**record, "command": run.command(tmp_path / "probe_bert")}}
+    assert finished(tmp_path, run, before) == before["probe_bert"]
+    saved = OmegaConf.load(tmp_path / "probe_bert" / ".hydra" / "config.yaml")
+    OmegaConf.update(saved, "probe.C", 0.25)
+    OmegaConf.update(saved, "probe.retired_option", 3, force_add=True)
+    OmegaConf.save(saved, tmp_path / "probe_bert" / ".hydra" / "config.yaml")
+    with caplog.at_level(logging.INFO, logger="bertgpt.experiments.compare"):
+        assert finished(tmp_path, run, before) is None
+    assert "conf/ changed since probe_bert ran (probe.C: 0.25 then, 1.0 now; probe.retired_option: 3 then, (unset) now): it runs again." in caplog.text
 
 
 @pytest.mark.slow

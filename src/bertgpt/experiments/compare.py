@@ -311,11 +311,16 @@ def execute(run: Run, folder: Path, heartbeat_s: float, started: float) -> float
 
 
 def finished(out: Path, run: Run, before: dict) -> dict | None:
-    """The record of `run` from an earlier compare into `out` if it finished there with the same command, else None."""
-    record = before.get(run.name)
-    if record and record.get("finished") and record.get("command") == run.command(out / run.name) and (out / run.name / "metrics.json").is_file():
-        return record
-    return None
+    """The record of `run` from an earlier compare into `out` if it finished there with the same command and the same
+    settings, else None: a default changed in conf/ since (hidden dropout's, say) changes what the same command runs."""
+    record, folder = before.get(run.name), out / run.name
+    if not (record and record.get("finished") and record.get("command") == run.command(folder) and (folder / "metrics.json").is_file()):
+        return None
+    drift = config_drift(folder, run.overrides)
+    if drift:
+        log.info("conf/ changed since %s ran (%s): it runs again.", run.name, "; ".join(f"{key}: {then} then, {today} now" for key, (then, today) in drift.items()))
+        return None
+    return record
 
 
 def run_all(cfg: DictConfig, out: Path) -> Path:
@@ -391,20 +396,32 @@ def leaves(node, prefix: str = "") -> dict:
     return {prefix[:-1]: node}
 
 
-def settings_since(run_folder: Path, overrides: list[str]) -> list[str]:
-    """Overrides that give a run again the settings it ran with, where conf/ has changed since: `++key=value` for each
-    setting whose value in the run's saved config (.hydra/config.yaml) differs from what its command composes today.
-    A default changed after a compare (hidden dropout's, say) would otherwise change what its command runs."""
+UNSET = "(unset)"  # a setting one side of a config_drift does not have
+
+
+def config_drift(run_folder: Path, overrides: list[str]) -> dict[str, tuple] | None:
+    """{setting: (its value in the run's saved config, .hydra/config.yaml; what the run's command composes today)}
+    for every setting that differs, UNSET on the side that lacks it; None where the run kept no Hydra record."""
     saved, hydra = run_folder / ".hydra" / "config.yaml", run_folder / ".hydra" / "hydra.yaml"
     if not (saved.is_file() and hydra.is_file()):
-        log.warning("%s has no .hydra/config.yaml and hydra.yaml: it runs again with today's conf/ defaults.", run_folder.name)
-        return []
+        return None
     config_name = OmegaConf.load(hydra).hydra.job.config_name
     then = leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
     today = leaves(OmegaConf.to_container(compose(config_name, overrides), resolve=False))
-    restored = [f"++{key}={override_value(value)}" for key, value in then.items() if key in today and today[key] != value]
-    for key in sorted(set(then) - set(today)):
-        log.warning("%s ran with %s=%s, a setting conf/ no longer has: it runs again without it.", run_folder.name, key, then[key])
+    return {key: (then.get(key, UNSET), today.get(key, UNSET)) for key in sorted(then.keys() | today.keys()) if then.get(key, UNSET) != today.get(key, UNSET)}
+
+
+def settings_since(run_folder: Path, overrides: list[str]) -> list[str]:
+    """Overrides that give a run again the settings it ran with, where conf/ has changed since: `++key=value` for each
+    setting whose value in the run's saved config differs from what its command composes today (`config_drift`)."""
+    drift = config_drift(run_folder, overrides)
+    if drift is None:
+        log.warning("%s has no .hydra/config.yaml and hydra.yaml: it runs again with today's conf/ defaults.", run_folder.name)
+        return []
+    restored = [f"++{key}={override_value(then)}" for key, (then, today) in drift.items() if UNSET not in (then, today)]
+    for key, (then, today) in drift.items():
+        if today == UNSET:
+            log.warning("%s ran with %s=%s, a setting conf/ no longer has: it runs again without it.", run_folder.name, key, then)
     if restored:
         log.info("conf/ changed since %s ran; restoring its settings: %s", run_folder.name, " ".join(restored))
     return restored
