@@ -63,7 +63,7 @@ compare-prompting: $(STAMP)  ## the decoder prompted with 0, 1, 2, 4 and 8 demon
 	$(PY) src/compare.py 'compare.arms=[gpt_zeroshot,gpt_kshot]' 'compare.shots=[1,2,4,8]' \
 	  hydra.run.dir=logs/compare/prompting compare.report_dir=reports/prompting $(ARGS)
 
-compare-probes: $(STAMP)  ## linear probes on every layer of the frozen bundled BERT and decoder, sentiment and POS, each model's probe chosen on held-out training data: reports/probes/
+compare-probes: $(STAMP)  ## linear probes on every layer of the frozen bundled BERT and decoder, sentiment and POS, each model's probe chosen by cross-validation on its training data: reports/probes/
 	$(PY) src/compare.py 'compare.arms=[probe_bert,probe_gpt,probe_bert_pos,probe_gpt_pos]' \
 	  hydra.run.dir=logs/compare/probes compare.report_dir=reports/probes $(ARGS)
 

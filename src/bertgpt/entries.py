@@ -27,7 +27,7 @@ def check_group_options(argv: list[str]) -> None:
     expressions (`choice(...)`) and `null` are left to Hydra."""
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
-        folder = ROOT / "conf" / key
+        folder = Path(CONF) / key
         if not value or not key.isidentifier() or not folder.is_dir() or "(" in value:
             continue
         choices = sorted(p.stem for p in folder.glob("*.yaml"))

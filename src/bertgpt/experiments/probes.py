@@ -215,11 +215,6 @@ def check_two_classes(labels: np.ndarray, where: str, fix: str) -> None:
         raise UserError(f"{where} holds only label {int(labels[0])}: a probe needs at least two classes. {fix}")
 
 
-def fit_probe(train_x: np.ndarray, train_y: np.ndarray, seed: int, C: float = 1.0, max_iter: int = 2000):
-    check_two_classes(train_y, "the training split", "Raise data.train_size.")
-    return probe_model(seed, C, max_iter).fit(train_x, train_y)
-
-
 def selection_folds(counts: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Each training item's fold, 0 to folds - 1: the examples dealt in a random order into `folds` folds of near-equal
     size (an example holds `counts` items: 1 review, or a sentence's words, which go together so that no sentence
@@ -248,6 +243,7 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
     from threadpoolctl import threadpool_limits
 
     (train_pooled, train_y), (test_pooled, test_y) = train, test
+    check_two_classes(train_y, "the training split", "Raise data.train_size.")
     folds = np.unique(fold)
     for k in folds:
         check_two_classes(train_y[fold != k], f"the training split without its selection fold {k}",
@@ -262,7 +258,7 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
             for layer in range(train_x.shape[0]):
                 started = time.perf_counter()
                 x = train_x[layer].astype(np.float32)  # fp32 one layer at a time
-                predicted = fit_probe(x, train_y, seed, C, max_iter).predict(test_pooled[pooling][layer].astype(np.float32))
+                predicted = probe_model(seed, C, max_iter).fit(x, train_y).predict(test_pooled[pooling][layer].astype(np.float32))
                 result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed, groups=groups)
                 out_of_fold = cross_val_predict(probe_model(seed, C, max_iter), x, train_y, cv=cv, n_jobs=workers)
                 chosen_by = float(np.mean(out_of_fold == train_y))
