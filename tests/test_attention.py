@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bertgpt.errors import UserError
-from bertgpt.models.attention import matmul_attention, scaled_dot_product_attention
+from bertgpt.models.attention import count_cpu_flash_flops, matmul_attention, scaled_dot_product_attention
 
 
 def qkv(B=3, nh=4, T=9, hs=8, nkv=None, seed=0):
@@ -78,6 +78,26 @@ def test_a_cpu_takes_the_matmul_path_in_bf16_and_sdpa_in_fp32(dtype, path, monke
     q, k, v = (t.to(dtype) for t in qkv())
     assert scaled_dot_product_attention(q, k, v, attn_mask=key_padding()).shape == (3, 4, 9, 8)
     assert taken == [path]
+
+
+def test_flops_of_the_fused_cpu_kernel_are_those_of_its_matmuls():
+    """torch's counter sees nothing of SDPA's fused CPU kernel; taught it, it counts a forward as the math kernel's
+    matmuls count it: two products of (T x hs) by (hs x T) per head."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, nh, T, hs = 2, 3, 16, 8
+    q, k, v = (torch.randn(B, nh, T, hs) for _ in range(3))
+
+    def count(backend) -> int:
+        with sdpa_kernel(backend), FlopCounterMode(display=False) as counter:
+            F.scaled_dot_product_attention(q, k, v)
+        return counter.get_total_flops()
+
+    assert count(SDPBackend.FLASH_ATTENTION) in (0, 2 * 2 * B * nh * T * T * hs)  # 0 until taught (or torch learns it)
+    count_cpu_flash_flops()
+    count_cpu_flash_flops()  # a second call registers nothing twice
+    assert count(SDPBackend.FLASH_ATTENTION) == count(SDPBackend.MATH) == 2 * 2 * B * nh * T * T * hs
 
 
 def test_library_and_own_models_take_the_attention_setting(tiny_bert, tiny_gpt2):

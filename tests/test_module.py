@@ -124,3 +124,24 @@ def test_hidden_dropout_is_set_on_library_and_own_models(tiny_bert, tiny_gpt2):
     assert convert.build_bert(tiny_bert, dropout=0.0).config.dropout == 0.0
     assert convert.build_bert(tiny_bert, dropout=None).config.dropout == 0.1
     assert convert.build_gpt(tiny_gpt2, dropout=0.0).config.dropout == 0.0
+
+
+def test_model_summary_counts_one_full_length_forward(tiny_bert, toy_csv, tmp_path):
+    """Lightning's summary printed "Total FLOPs: 0" without an example input. Given one item at max_length, it counts
+    that item's forward: the encoder's matmuls over all T positions, attention's two T x T products per layer, and
+    the pooler and head on the [CLS] position alone. Not for a compiled net (one more shape to compile)."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from bertgpt.pipeline import summarise_flops
+
+    T, d, layers, inner = 32, 32, 2, 64  # tiny_bert's sizes
+    datamodule = IMDBDataModule(tokenizer=tiny_bert, path=str(toy_csv), max_length=T, cache_dir=str(tmp_path))
+    model = classifier(tiny_bert)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    summarise_flops(model, datamodule, trainer, compiled=True)
+    assert model.example_input_array is None
+    summarise_flops(model, datamodule, trainer, compiled=False)
+    matmul = lambda m, k, n: 2 * m * k * n  # noqa: E731
+    per_layer = matmul(T, d, 3 * d) + matmul(T, d, d) + matmul(T, d, inner) + matmul(T, inner, d) + 2 * matmul(T, d, T)
+    assert ModelSummary(model).total_flops == layers * per_layer + matmul(1, d, d) + matmul(1, d, 2)
+    assert model.training  # the summary's eval-mode forward leaves the module as it found it

@@ -17,13 +17,15 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt.errors import TrainingDiverged, UserError
 from bertgpt.files import write_text
 from bertgpt.inference import project_name, read_checkpoint
+from bertgpt.models.attention import count_cpu_flash_flops
 from bertgpt.training.callbacks import exit_on_signal
 from bertgpt.training.checkpoints import ensure_writable, newest_checkpoint, resume_checkpoint
 from bertgpt.training.optim import count_parameters
@@ -55,6 +57,20 @@ def write_metrics(metrics: dict, output_dir: str | Path) -> None:
 
 def scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+
+
+def summarise_flops(model, datamodule, trainer: L.Trainer, compiled: bool) -> None:
+    """Give Lightning's model summary one full-length item to run, so that its "Total FLOPs" counts a forward
+    (without an example input it prints 0). Not where that forward would cost or hang: a compiled net (one more
+    shape to compile) and sharded strategies (the summary runs on rank 0 alone, whose parameters are not whole)."""
+    strategy = trainer.strategy
+    whole = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
+    if compiled or not whole or not any(isinstance(c, ModelSummary) for c in trainer.callbacks):
+        return
+    count_cpu_flash_flops()
+    length = datamodule.hparams.max_length
+    model.example_input_array = (torch.zeros(1, length, dtype=torch.long), torch.ones(1, length, dtype=torch.long))
+    rank_zero_info(f"The model summary's FLOPs are one forward of one {length}-token item (training costs about 3x that an item).")
 
 
 def task_results(model, datamodule, output_dir: str | Path) -> dict:
@@ -105,6 +121,7 @@ def train(cfg: DictConfig) -> float | None:
         try:
             if cfg.get("compile"):
                 model.net.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
+            summarise_flops(model, datamodule, trainer, compiled=bool(cfg.get("compile")))
             ensure_writable(*(c.dirpath for c in checkpointers if c.dirpath))  # Lightning's default one has none yet
             with exit_on_signal(trainer):  # SIGTERM / Ctrl-C: checkpoint, resume command, exit 143 / 130
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)

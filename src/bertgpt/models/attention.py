@@ -67,6 +67,19 @@ def matmul_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     return probs @ v  # (B, nh, T, hs)
 
 
+def count_cpu_flash_flops() -> None:
+    """Teach torch's `FlopCounterMode` the forward of SDPA's fused CPU kernel, which it leaves uncounted (it counts
+    the GPU kernels): without it, a forward's count in fp32 on a CPU, where attention runs that kernel, misses
+    attention's two matmuls. The formula is torch's own for the GPU flash kernel, whose arguments come in the same
+    order. (Backward counts differ by kernel, the fused ones recomputing the scores: `bench/bench_train.py` counts
+    training steps on the math kernel, the model's own FLOPs.)"""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop
+
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if kernel not in flop_registry:  # once per process, and not at all once torch counts it itself
+        register_flop_formula(kernel, get_raw=True)(sdpa_flop)
+
+
 def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention-function contract (see its `sdpa_attention_forward`): (B, T, nh, hs) out."""
     if fused_is_faster(query) or kwargs.get("position_bias") is not None:
