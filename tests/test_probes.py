@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,6 +105,24 @@ def test_a_linear_label_is_found_and_shuffled_labels_are_chance():
     shuffled = rng.permutation(y)
     chance = probes.probe_layers(split(shuffled, train), split(shuffled, test), fold, seed=0, resamples=500)
     assert all(0.35 < acc < 0.65 for acc in chance["accuracy"]["mean"])
+
+
+def test_folds_fitted_in_worker_processes_give_the_same_probe(monkeypatch):
+    """Large fits send their folds to worker processes, small ones fit them in turn: the results are the same."""
+    features, y, _ = linear_label()
+    split = lambda part: ({"mean": features[:, part]}, y[part])  # noqa: E731
+    fold = probes.selection_folds(np.ones(400, dtype=np.int64), 5, seed=0)
+    import sklearn.model_selection
+
+    fit_folds, jobs = sklearn.model_selection.cross_val_predict, []
+    monkeypatch.setattr(sklearn.model_selection, "cross_val_predict", lambda *a, n_jobs, **k: jobs.append(n_jobs) or fit_folds(*a, n_jobs=n_jobs, **k))
+    results = []
+    for threshold in (0, features[0, :400].size + 1):  # every fit in workers; none
+        monkeypatch.setattr(probes, "PARALLEL_FOLDS_FROM", threshold)
+        results.append(probes.probe_layers(split(slice(0, 400)), split(slice(400, 600)), fold, seed=0, resamples=200))
+    assert jobs == [min(5, os.cpu_count())] * 2 + [1] * 2  # two layers each time
+    in_workers, in_turn = results
+    assert in_workers["selection"] == in_turn["selection"] and in_workers["best"] == in_turn["best"]
 
 
 def test_the_probe_is_chosen_without_the_test_labels():

@@ -43,6 +43,9 @@ POOLINGS = ("first", "mean", "last")  # a review's three summaries
 WORD = "word"  # a POS item's one "pooling": the word's first subword
 FEATURES_FORMAT = 1  # bump when what the cache holds changes
 PROGRESS_EVERY_S = 30.0
+# Feature values (items x features) from which a probe's folds are fitted in worker processes: below it, starting and
+# feeding the workers costs more than the fits (docs/performance.md, "Probe fits").
+PARALLEL_FOLDS_FROM = 1_000_000
 PRECISIONS = ("32-true", "bf16-mixed")  # of the feature pass, as Lightning names them
 
 
@@ -249,8 +252,8 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
         check_two_classes(train_y[fold != k], f"the training split without its selection fold {k}",
                           "Raise data.train_size or lower probe.selection_folds.")
     # The fits' matrices are small: BLAS threads inside one fit cost more than they give, so each fit gets one
-    # thread and the folds are fitted side by side in processes (docs/performance.md, "Probe fits").
-    cv, workers = PredefinedSplit(fold), min(len(folds), os.cpu_count() or 1)
+    # thread, and the folds of the larger ones are fitted side by side in processes (docs/performance.md, "Probe fits").
+    cv = PredefinedSplit(fold)
     accuracy, interval, selection, best, test_max, predictions = {}, {}, {}, None, None, None
     with threadpool_limits(1):
         for pooling, train_x in train_pooled.items():
@@ -260,6 +263,7 @@ def probe_layers(train: tuple[dict[str, np.ndarray], np.ndarray], test: tuple[di
                 x = train_x[layer].astype(np.float32)  # fp32 one layer at a time
                 predicted = probe_model(seed, C, max_iter).fit(x, train_y).predict(test_pooled[pooling][layer].astype(np.float32))
                 result = bootstrap_accuracy(predicted == test_y, resamples=resamples, seed=seed, groups=groups)
+                workers = min(len(folds), os.cpu_count() or 1) if x.size >= PARALLEL_FOLDS_FROM else 1
                 out_of_fold = cross_val_predict(probe_model(seed, C, max_iter), x, train_y, cv=cv, n_jobs=workers)
                 chosen_by = float(np.mean(out_of_fold == train_y))
                 accuracy[pooling].append(result.mean)
