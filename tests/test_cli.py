@@ -163,10 +163,14 @@ def test_predict_refuses_empty_text(tmp_path):
 
 
 def test_output_to_a_file_gets_plain_progress_lines(tiny_bert, toy_csv, tmp_path):
-    """Lightning's bar draws nothing when stdout is not a terminal; ProgressLog prints step / total, loss and time left."""
+    """Lightning's bar draws nothing when stdout is not a terminal; ProgressLog prints step / total, loss and time left,
+    and each validation's metrics (not the sanity check's)."""
     result = run_script("train", f"model.net.checkpoint={tiny_bert}", f"data.path={toy_csv}", "data.batch_size=30",
                         "callbacks.progress_log.every_n_steps=2", "test=false", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "/6 (epoch 1/1)" in line]
     assert any("step 2/6 (epoch 1/1)  loss " in line and "samples/s" in line and "left ~" in line for line in lines), lines
     assert any("step 6/6" in line for line in lines), lines
+    validations = [line for line in (result.stdout + result.stderr).splitlines() if "validation at step" in line]
+    assert len(validations) == 1 and "validation at step 6 (epoch 1/1): val/acc 0." in validations[0], validations
+    assert "val/acc_best " in validations[0] and "val/loss " in validations[0]

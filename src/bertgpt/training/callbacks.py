@@ -93,7 +93,7 @@ class ProgressLog(L.Callback):
 
     Lightning's bar draws nothing when stdout is not a terminal, so a long epoch would be silent. Every
     `every_s` seconds (and every `every_n_steps` steps, if set) this logs step / total, the loss, samples/s and
-    the time left. In a terminal it stays quiet (`always=true` logs there too).
+    the time left, and after each validation its metrics. In a terminal it stays quiet (`always=true` logs there too).
     """
 
     def __init__(self, every_s: float = 30.0, every_n_steps: int | None = None, always: bool = False):
@@ -120,6 +120,13 @@ class ProgressLog(L.Callback):
         loss = trainer.callback_metrics.get("train/loss")
         log.info("step %d/%d (epoch %d/%d)  loss %s  %.1f samples/s  elapsed %s  left ~%s", step, total, trainer.current_epoch + 1,
                  trainer.max_epochs, f"{float(loss):.4f}" if loss is not None else "-", self.samples / elapsed, clock(elapsed), clock(left))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not getattr(self, "active", False):  # the sanity check runs before on_train_start; validate alone never starts it
+            return
+        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/") and v.numel() == 1}
+        log.info("validation at step %d (epoch %d/%d): %s  elapsed %s", trainer.global_step, trainer.current_epoch + 1, trainer.max_epochs,
+                 "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), clock(time.perf_counter() - self.start))
 
 
 class ConfusionMatrixLogger(L.Callback):
