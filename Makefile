@@ -121,7 +121,7 @@ pos: $(STAMP)  ## fine-tune the bundled BERT for POS tagging on Brown (1 epoch),
 bench-long: $(STAMP)  ## time to 88%, 90% and 91% held-out accuracy with model=bert, 256 tokens head+tail (91% in 17-23 min on the Zen 4 EPYC; ARGS="--targets 0.88 0.90 -- seed=2025" picks targets and overrides)
 	$(PY) bench/bench_time_to_accuracy.py $(ARGS)
 
-bench-best: $(STAMP)  ## experiment=best (512 tokens head+tail, 3 epochs) over seeds, with a bootstrap interval; e.g. ARGS="--seeds 2024" on a CPU (~1 h on the Zen 5)
+bench-best: $(STAMP)  ## experiment=best (512 tokens head+tail, 3 epochs) over seeds, with a bootstrap interval; e.g. ARGS="--seeds 2024" on a CPU (~1 h on the Zen 5, 1.6 h on the Zen 4)
 	$(PY) bench/bench_accuracy.py $(ARGS)
 
 tensorboard: $(STAMP)  ## serve the TensorBoard dashboards of every run under logs/
