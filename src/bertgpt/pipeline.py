@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Lightning warns that a mid-epoch resume replays the epoch from its first batch; ours does not (ResumableSampler).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# The model summary warns that it sizes bf16-mixed weights at 32 bits: they are fp32 under mixed precision, so it is right.
+warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
 
 
 def instantiate_list(group: DictConfig | None) -> list:
