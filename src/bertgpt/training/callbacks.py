@@ -98,6 +98,7 @@ class ProgressLog(L.Callback):
 
     def __init__(self, every_s: float = 30.0, every_n_steps: int | None = None, always: bool = False):
         self.every_s, self.every_n_steps, self.always = every_s, every_n_steps, always
+        self.active = False  # logging only while a fit trains: not its sanity check, not a validate or test alone
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.active = trainer.is_global_zero and (self.always or not sys.stdout.isatty())
@@ -121,8 +122,11 @@ class ProgressLog(L.Callback):
         log.info("step %d/%d (epoch %d/%d)  loss %s  %.1f samples/s  elapsed %s  left ~%s", step, total, trainer.current_epoch + 1,
                  trainer.max_epochs, f"{float(loss):.4f}" if loss is not None else "-", self.samples / elapsed, clock(elapsed), clock(left))
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.active = False
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not getattr(self, "active", False):  # the sanity check runs before on_train_start; validate alone never starts it
+        if not self.active:
             return
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/") and v.numel() == 1}
         log.info("validation at step %d (epoch %d/%d): %s  elapsed %s", trainer.global_step, trainer.current_epoch + 1, trainer.max_epochs,
