@@ -20,7 +20,7 @@ TRAIN_SIZE ?= 1000
 VAL_SIZE   ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting compare-probes compare-full-data reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long bench-best clean clean-logs
+.PHONY: help install train train-gpt pos bench-pos bench-lora bench-predict pretrain compare compare-direction compare-controlled compare-prompting compare-probes compare-full-data reproduce test test-fast lint eval predict export sweep tensorboard bench bench-long bench-best bench-memory clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -123,6 +123,9 @@ bench-long: $(STAMP)  ## time to 88%, 90% and 91% held-out accuracy with model=b
 
 bench-best: $(STAMP)  ## experiment=best (512 tokens head+tail, 3 epochs) over seeds, with a bootstrap interval; e.g. ARGS="--seeds 2024" on a CPU (~1 h on the Zen 5, 1.6 h on the Zen 4)
 	$(PY) bench/bench_accuracy.py $(ARGS)
+
+bench-memory: $(STAMP)  ## a long CPU run's heap step by step: freed memory kept vs handed back past a limit (240 steps of experiment=best an arm, ~10 min each on the Zen 4 EPYC)
+	$(PY) bench/bench_memory.py $(ARGS)
 
 tensorboard: $(STAMP)  ## serve the TensorBoard dashboards of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all

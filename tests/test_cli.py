@@ -174,3 +174,17 @@ def test_output_to_a_file_gets_plain_progress_lines(tiny_bert, toy_csv, tmp_path
     validations = [line for line in (result.stdout + result.stderr).splitlines() if "validation at step" in line]
     assert len(validations) == 1 and "validation at step 6 (epoch 1/1): val/acc 0." in validations[0], validations
     assert "val/acc_best " in validations[0] and "val/loss " in validations[0]
+
+
+def test_past_its_memory_limit_a_run_hands_freed_memory_back(tiny_bert, toy_csv, tmp_path):
+    """FreedMemoryLimit: a resident set over its share of the machine ends the kept freed memory, once, with a line
+    that says so; a share outside (0, 1] is refused before anything runs."""
+    result = run_script("train", f"model.net.checkpoint={tiny_bert}", f"data.path={toy_csv}", "data.batch_size=30",
+                        "callbacks.freed_memory_limit.fraction=1e-6", "test=false", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "freed memory is handed back" in line]
+    assert len(lines) == 1 and "resident memory " in lines[0] and "(1e-06 of the " in lines[0], lines
+    result = run_script("train", f"model.net.checkpoint={tiny_bert}", f"data.path={toy_csv}",
+                        "callbacks.freed_memory_limit.fraction=75", f"paths.log_dir={tmp_path / 'bad'}")
+    assert result.returncode == 2 and "fraction must be in (0, 1], got 75" in result.stderr, result.stderr[-2000:]
+    assert not [path for path in (tmp_path / "bad").rglob("*") if path.is_file()]  # nothing half-written

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import compose_train
 
-from bertgpt.host import cpu_flags, cpu_name
+from bertgpt.host import cpu_flags, cpu_name, glibc
 
 ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n"
 ZEN5 = ZEN3.replace("cpu family\t: 25", "cpu family\t: 26").replace("model\t\t: 1", "model\t\t: 2")
@@ -79,3 +79,50 @@ def test_the_kind_names_every_cap_the_stand_in_needs(monkeypatch):
     for name, value in caps.items():
         monkeypatch.setenv(name, value)
     assert host.machine()["cpu_kind"] == "AVX2 under " + " ".join(f"{k}={v}" for k, v in caps.items())
+
+
+HANDED_BACK = """
+import ctypes, json
+from bertgpt import host
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+kept = host.keep_freed_memory()
+block = libc.malloc(512 * 2**20)
+ctypes.memset(block, 1, 512 * 2**20)  # touched: resident
+libc.free(block)
+after_free = host.resident_bytes()
+returned = host.return_freed_memory()
+print(json.dumps(dict(kept=kept, after_free=after_free, after_return=host.resident_bytes(), returned=returned,
+                      still_kept=host.freed_memory_kept(), again=host.return_freed_memory())))
+"""
+
+
+@pytest.mark.skipif(glibc() is None, reason="glibc's mallopt and malloc_trim")
+def test_kept_freed_memory_stays_resident_until_it_is_handed_back():
+    """Under keep_freed_memory a freed 512 MB block stays in the process (the next step reuses its pages);
+    return_freed_memory gives it back to the system at once, and only once."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HANDED_BACK], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    assert result["kept"] and result["returned"] and not result["still_kept"] and not result["again"]
+    assert result["after_free"] - result["after_return"] > 400 * 2**20, result
+
+
+def test_the_memory_limit_is_the_machines_or_its_containers(tmp_path):
+    from bertgpt.host import memory_limit_bytes
+
+    meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree:         1000 kB\n")
+    assert memory_limit_bytes(meminfo, cgroup) == 16384000 * 1024
+    (cgroup / "memory").mkdir(parents=True)
+    (cgroup / "memory.max").write_text("max\n")  # cgroup v2 without a limit
+    assert memory_limit_bytes(meminfo, cgroup) == 16384000 * 1024
+    (cgroup / "memory.max").write_text(f"{8 * 2**30}\n")
+    assert memory_limit_bytes(meminfo, cgroup) == 8 * 2**30
+    (cgroup / "memory.max").unlink()
+    (cgroup / "memory" / "memory.limit_in_bytes").write_text(f"{4 * 2**30}\n")  # cgroup v1
+    assert memory_limit_bytes(meminfo, cgroup) == 4 * 2**30
+    assert memory_limit_bytes(tmp_path / "absent", tmp_path / "none") is None

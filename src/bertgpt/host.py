@@ -8,7 +8,24 @@ import platform
 import sys
 from pathlib import Path
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
+# glibc's own settings once its dynamic threshold has risen to its ceiling: blocks over 32 MB mapped afresh, the
+# heap trimmed past twice that (mallopt fixes the threshold, so it is set to where glibc would let it rise)
+GLIBC_MMAP_THRESHOLD, GLIBC_MMAP_MAX = 32 * 2**20, 65536
+
+
+def glibc() -> ctypes.CDLL | None:
+    """glibc, or None where the C library is another (its mallopt, malloc_trim are glibc's)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+_freed_memory_kept = False
 
 
 def keep_freed_memory() -> bool:
@@ -18,17 +35,65 @@ def keep_freed_memory() -> bool:
     is freed, so the next training step's tensor of the same size pays a page fault for every 4 KB page of it:
     the embedding gradient (47 MB for BERT's vocabulary) every step, and from 224 tokens on every attention
     score matrix. PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for this; two mallopt calls do it
-    without a dependency. Memory a run has used stays reserved to it until it exits. Returns False (and changes
-    nothing) where the C library is not glibc.
+    without a dependency. Memory a run has used stays reserved to it until it exits, or until
+    `return_freed_memory`: batches of changing widths fragment the heap, which then only grows
+    (`training.callbacks.FreedMemoryLimit` bounds it). Returns False (and changes nothing) where the C library
+    is not glibc.
     """
-    if not sys.platform.startswith("linux"):
+    global _freed_memory_kept
+    libc = glibc()
+    if libc is None:
         return False
+    _freed_memory_kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return _freed_memory_kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether `keep_freed_memory` is in force in this process."""
+    return _freed_memory_kept
+
+
+def return_freed_memory() -> bool:
+    """Undo `keep_freed_memory`: glibc's settings back, and the free pages its heap holds handed back to the
+    system now (malloc_trim). Returns False (and changes nothing) where the freed memory was not being kept."""
+    global _freed_memory_kept
+    libc = glibc()
+    if libc is None or not _freed_memory_kept:
+        return False
+    libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD)
+    libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+    libc.malloc_trim(0)
+    _freed_memory_kept = False
+    return True
+
+
+MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")
+
+
+def memory_limit_bytes(meminfo: Path = MEMINFO, cgroup: Path = CGROUP) -> int | None:
+    """The memory this process may use: the machine's, or its container's limit where that is lower (cgroup v2
+    `memory.max`, v1 `memory/memory.limit_in_bytes`). None where neither can be read (not Linux)."""
+    limits = []
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+        kib = next(line.split()[1] for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:"))
+        limits.append(int(kib) * 1024)
+    except (OSError, StopIteration, IndexError, ValueError):
+        pass
+    for path in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
+        try:
+            limits.append(int(path.read_text().strip()))  # "max" (no limit) is not a number
+        except (OSError, ValueError):
+            pass
+    return min(limits) if limits else None
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (Linux; 0 elsewhere)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 CPUINFO = Path("/proc/cpuinfo")

@@ -23,7 +23,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertgpt import host
 from bertgpt.cli import clock
+from bertgpt.errors import UserError
 from bertgpt.files import write_text
 from bertgpt.training.checkpoints import newest_checkpoint
 
@@ -131,6 +133,42 @@ class ProgressLog(L.Callback):
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/") and v.numel() == 1}
         log.info("validation at step %d (epoch %d/%d): %s  elapsed %s", trainer.global_step, trainer.current_epoch + 1, trainer.max_epochs,
                  "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), clock(time.perf_counter() - self.start))
+
+
+class FreedMemoryLimit(L.Callback):
+    """Stops keeping freed memory (`host.keep_freed_memory`) once this process's resident set passes `fraction`
+    of the memory it may use (the machine's or its container's, shared by the processes of one node).
+
+    The kept memory trains long sequences faster, but batches of changing widths fragment glibc's heap, and the
+    heap then only grows: over `experiment=best`'s three epochs at 512 tokens, to 17-20 GB. Past the limit the run
+    goes on with glibc's own settings (`host.return_freed_memory`), which hand memory back, at the speed measured
+    without the kept memory (docs/performance.md, "Memory").
+    """
+
+    def __init__(self, fraction: float = 0.75):
+        if not 0 < fraction <= 1:
+            raise UserError(f"callbacks.freed_memory_limit.fraction must be in (0, 1], got {fraction}: the share of "
+                            "the memory the run may use, e.g. callbacks.freed_memory_limit.fraction=0.5")
+        self.fraction, self.limit = fraction, None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.available = host.memory_limit_bytes()
+        self.limit = self.fraction * self.available / trainer.num_devices if self.available else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.check()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.limit is None or not host.freed_memory_kept() or (resident := host.resident_bytes()) <= self.limit:
+            return
+        host.return_freed_memory()
+        log.info("resident memory %.1f GB passed %.1f GB (%g of the %.1f GB this process may use, per device): freed "
+                 "memory is handed back to the system from now on, %.1f GB at once; long sequences train slower without "
+                 "it", resident / 1e9, self.limit / 1e9, self.fraction, self.available / 1e9,
+                 (resident - host.resident_bytes()) / 1e9)
 
 
 class ConfusionMatrixLogger(L.Callback):

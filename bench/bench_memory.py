@@ -1,0 +1,113 @@
+"""A long CPU run's memory: glibc's heap step by step, with freed memory kept, and with a limit on it.
+
+    python bench/bench_memory.py [--steps 240] [--limit-gb 7.5] [--arms kept limit] [--recipe "experiment=best"]
+    python bench/bench_memory.py --epochs 1 --limit-gb 11.8 --arms limit   # the recipe's schedule, stopped after epoch 1
+
+Trains `src/train.py <recipe>` once per arm, each in a process of its own, and reads every `--every` steps the
+process's resident set and glibc's heap (mallinfo2: its size, the bytes in use, the freed bytes it keeps):
+- kept: freed memory kept the whole run (`callbacks.freed_memory_limit.fraction=1`);
+- limit: `FreedMemoryLimit` handing it back past `--limit-gb` (default: its default share of this machine).
+`--steps` runs that many steps of one epoch with a 256-review validation; `--epochs` runs the recipe unchanged
+(its schedule, its full validation) and stops after that many epochs. Prints each arm's heap every `--every`
+steps, its peak, samples/s and the step where the limit was passed; bench/results/memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+import lightning as L
+from common import ROOT, run_train, save
+
+from bertgpt import host
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+class HeapProbe(L.Callback):
+    """Every `every` training steps, one JSON line in `path`: the step, seconds since the start, the batch's
+    width, the resident set, glibc's heap (bytes from the system, in use, freed and kept) and whether freed memory
+    is still kept. `stop_after_epochs` ends the fit after that many epochs (after their validation)."""
+
+    def __init__(self, path: str, every: int = 10, stop_after_epochs: int | None = None):
+        self.path, self.every, self.stop_after_epochs = Path(path), every, stop_after_epochs
+        self.libc = host.glibc()
+        if self.libc is not None:
+            self.libc.mallinfo2.restype = MallInfo2
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows, self.start = self.path.open("w"), time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != 1:
+            return
+        row = {"step": step, "s": round(time.perf_counter() - self.start, 1), "width": int(batch["input_ids"].shape[1]),
+               "resident_gb": round(host.resident_bytes() / 1e9, 2), "kept": host.freed_memory_kept()}
+        if self.libc is not None:
+            heap = self.libc.mallinfo2()
+            row |= {"heap_gb": round((heap.arena + heap.hblkhd) / 1e9, 2), "in_use_gb": round((heap.uordblks + heap.hblkhd) / 1e9, 2),
+                    "freed_kept_gb": round(heap.fordblks / 1e9, 2)}
+        self.rows.write(json.dumps(row) + "\n")
+        self.rows.flush()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.stop_after_epochs and trainer.current_epoch + 1 >= self.stop_after_epochs:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.rows.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="experiment=best", help="Hydra overrides of the run measured")
+    parser.add_argument("--arms", nargs="+", choices=["kept", "limit"], default=["kept", "limit"])
+    parser.add_argument("--steps", type=int, default=240, help="steps of one epoch, a 256-review validation")
+    parser.add_argument("--epochs", type=int, help="the recipe as it is, stopped after this many epochs (instead of --steps)")
+    parser.add_argument("--limit-gb", type=float, help="the limit arm's resident GB (default: FreedMemoryLimit's default share)")
+    parser.add_argument("--every", type=int, default=10, help="steps between two readings")
+    args = parser.parse_args()
+
+    available = host.memory_limit_bytes()
+    if host.glibc() is None or available is None:
+        raise SystemExit("bench_memory.py reads glibc's heap and /proc: it runs on Linux with glibc only")
+    fraction = round(args.limit_gb * 1e9 / available, 4) if args.limit_gb else None
+    if fraction is not None and not 0 < fraction <= 1:
+        raise SystemExit(f"--limit-gb {args.limit_gb}: this machine has {available / 1e9:.1f} GB; give a limit below that")
+    length = ([f"+callbacks.heap_probe.stop_after_epochs={args.epochs}"] if args.epochs
+              else [f"+trainer.limit_train_batches={args.steps}", "trainer.max_epochs=1", "data.val_size=256"])
+    out = ROOT / "logs" / "bench-memory" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
+    results = {}
+    for arm in args.arms:
+        limit = ["callbacks.freed_memory_limit.fraction=1"] if arm == "kept" else (
+            [f"callbacks.freed_memory_limit.fraction={fraction}"] if fraction else [])
+        overrides = [*shlex.split(args.recipe), *length, *limit, "test=false", "logger=csv",
+                     "+callbacks.heap_probe._target_=bench_memory.HeapProbe", f"+callbacks.heap_probe.path={out / arm / 'heap.jsonl'}",
+                     f"+callbacks.heap_probe.every={args.every}"]
+        run = run_train(arm, overrides, out, ("train/samples_per_sec", "train/peak_memory_mb", "val/acc"))
+        rows = [json.loads(line) for line in (out / arm / "heap.jsonl").read_text().splitlines()]
+        handed_back = next((row["step"] for row in rows if not row["kept"]), None)
+        results[arm] = {**run, "handed_back_by_step": handed_back, "heap": rows}
+        print(f"{arm}: peak resident {run['train/peak_memory_mb'] * 2**20 / 1e9:.1f} GB, heap at the end {rows[-1].get('heap_gb')} GB "
+              f"({rows[-1].get('freed_kept_gb')} GB of it freed and kept), {run['train/samples_per_sec']:.1f} samples/s, "
+              f"val/acc {run['val/acc']:.4f}" + (f"; handed back by step {handed_back}" if handed_back else ""))
+        for row in rows:
+            print("   ", "  ".join(f"{k} {v}" for k, v in row.items()))
+    save("memory", {"recipe": args.recipe, "steps": None if args.epochs else args.steps, "epochs": args.epochs,
+                    "limit_gb": args.limit_gb, "memory_gb": round(available / 1e9, 1), "arms": results})
+
+
+if __name__ == "__main__":
+    main()
