@@ -1,12 +1,12 @@
 """A long CPU run's memory: glibc's heap step by step, with freed memory kept, and with a limit on it.
 
-    python bench/bench_memory.py [--steps 240] [--limit-gb 7.5] [--arms kept limit] [--recipe "experiment=best"]
-    python bench/bench_memory.py --epochs 1 --limit-gb 11.8 --arms limit   # the recipe's schedule, stopped after epoch 1
+    python bench/bench_memory.py [--steps 240] [--limit-gib 7.5] [--arms kept limit] [--recipe "experiment=best"]
+    python bench/bench_memory.py --epochs 1 --limit-gib 11 --arms limit   # the recipe's schedule, stopped after epoch 1
 
 Trains `src/train.py <recipe>` once per arm, each in a process of its own, and reads every `--every` steps the
 process's resident set and glibc's heap (mallinfo2: its size, the bytes in use, the freed bytes it keeps):
 - kept: freed memory kept the whole run (`callbacks.freed_memory_limit.fraction=1`);
-- limit: `FreedMemoryLimit` handing it back past `--limit-gb` (default: its default share of this machine).
+- limit: `FreedMemoryLimit` handing it back past `--limit-gib` (default: its default share of this machine).
 `--steps` runs that many steps of one epoch with a 256-review validation; `--epochs` runs the recipe unchanged
 (its schedule, its full validation) and stops after that many epochs. Prints each arm's heap every `--every`
 steps, its peak, samples/s and the step where the limit was passed; bench/results/memory.json.
@@ -53,11 +53,11 @@ class HeapProbe(L.Callback):
         if step % self.every and step != 1:
             return
         row = {"step": step, "s": round(time.perf_counter() - self.start, 1), "width": int(batch["input_ids"].shape[1]),
-               "resident_gb": round(host.resident_bytes() / 1e9, 2), "kept": host.freed_memory_kept()}
+               "resident_gib": round(host.resident_bytes() / 2**30, 2), "kept": host.freed_memory_kept()}
         if self.libc is not None:
             heap = self.libc.mallinfo2()
-            row |= {"heap_gb": round((heap.arena + heap.hblkhd) / 1e9, 2), "in_use_gb": round((heap.uordblks + heap.hblkhd) / 1e9, 2),
-                    "freed_kept_gb": round(heap.fordblks / 1e9, 2)}
+            row |= {"heap_gib": round((heap.arena + heap.hblkhd) / 2**30, 2), "in_use_gib": round((heap.uordblks + heap.hblkhd) / 2**30, 2),
+                    "freed_kept_gib": round(heap.fordblks / 2**30, 2)}
         self.rows.write(json.dumps(row) + "\n")
         self.rows.flush()
 
@@ -75,16 +75,16 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=["kept", "limit"], default=["kept", "limit"])
     parser.add_argument("--steps", type=int, default=240, help="steps of one epoch, a 256-review validation")
     parser.add_argument("--epochs", type=int, help="the recipe as it is, stopped after this many epochs (instead of --steps)")
-    parser.add_argument("--limit-gb", type=float, help="the limit arm's resident GB (default: FreedMemoryLimit's default share)")
+    parser.add_argument("--limit-gib", type=float, help="the limit arm's resident GiB (default: FreedMemoryLimit's default share)")
     parser.add_argument("--every", type=int, default=10, help="steps between two readings")
     args = parser.parse_args()
 
     available = host.memory_limit_bytes()
     if host.glibc() is None or available is None:
         raise SystemExit("bench_memory.py reads glibc's heap and /proc: it runs on Linux with glibc only")
-    fraction = round(args.limit_gb * 1e9 / available, 4) if args.limit_gb else None
+    fraction = round(args.limit_gib * 2**30 / available, 4) if args.limit_gib else None
     if fraction is not None and not 0 < fraction <= 1:
-        raise SystemExit(f"--limit-gb {args.limit_gb}: this machine has {available / 1e9:.1f} GB; give a limit below that")
+        raise SystemExit(f"--limit-gib {args.limit_gib}: this machine has {available / 2**30:.1f} GiB; give a limit below that")
     length = ([f"+callbacks.heap_probe.stop_after_epochs={args.epochs}"] if args.epochs
               else [f"+trainer.limit_train_batches={args.steps}", "trainer.max_epochs=1", "data.val_size=256"])
     out = ROOT / "logs" / "bench-memory" / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -100,13 +100,13 @@ def main() -> None:
         rows = [json.loads(line) for line in (out / arm / "heap.jsonl").read_text().splitlines()]
         handed_back = next((row["step"] for row in rows if not row["kept"]), None)
         results[arm] = {**run, "handed_back_by_step": handed_back, "heap": rows}
-        print(f"{arm}: peak resident {run['train/peak_memory_mb'] * 2**20 / 1e9:.1f} GB, heap at the end {rows[-1].get('heap_gb')} GB "
-              f"({rows[-1].get('freed_kept_gb')} GB of it freed and kept), {run['train/samples_per_sec']:.1f} samples/s, "
+        print(f"{arm}: peak resident {run['train/peak_memory_mb'] / 2**10:.1f} GiB, heap at the end {rows[-1].get('heap_gib')} GiB "
+              f"({rows[-1].get('freed_kept_gib')} GiB of it freed and kept), {run['train/samples_per_sec']:.1f} samples/s, "
               f"val/acc {run['val/acc']:.4f}" + (f"; handed back by step {handed_back}" if handed_back else ""))
         for row in rows:
             print("   ", "  ".join(f"{k} {v}" for k, v in row.items()))
     save("memory", {"recipe": args.recipe, "steps": None if args.epochs else args.steps, "epochs": args.epochs,
-                    "limit_gb": args.limit_gb, "memory_gb": round(available / 1e9, 1), "arms": results})
+                    "limit_gib": args.limit_gib, "memory_gib": round(available / 2**30, 1), "arms": results})
 
 
 if __name__ == "__main__":

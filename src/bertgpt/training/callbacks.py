@@ -140,7 +140,7 @@ class FreedMemoryLimit(L.Callback):
     of the memory it may use (the machine's or its container's, shared by the processes of one node).
 
     The kept memory trains long sequences faster, but batches of changing widths fragment glibc's heap, and the
-    heap then only grows: over `experiment=best`'s three epochs at 512 tokens, to 17-20 GB. Past the limit the run
+    heap then only grows: over `experiment=best`'s three epochs at 512 tokens, to 19.5 GiB. Past the limit the run
     goes on with glibc's own settings (`host.return_freed_memory`), which hand memory back, at the speed measured
     without the kept memory (docs/performance.md, "Memory").
     """
@@ -152,8 +152,10 @@ class FreedMemoryLimit(L.Callback):
         self.fraction, self.limit = fraction, None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self.available = host.memory_limit_bytes()
-        self.limit = self.fraction * self.available / trainer.num_devices if self.available else None
+        available, processes = host.memory_limit_bytes(), trainer.num_devices
+        self.limit = self.fraction * available / processes if available else None
+        self.share = f"{self.fraction:g} of the {available / 2**30 if available else 0:.1f} GiB this run may use" + (
+            f", over {processes} processes" if processes > 1 else "")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.check()
@@ -165,10 +167,9 @@ class FreedMemoryLimit(L.Callback):
         if self.limit is None or not host.freed_memory_kept() or (resident := host.resident_bytes()) <= self.limit:
             return
         host.return_freed_memory()
-        log.info("resident memory %.1f GB passed %.1f GB (%g of the %.1f GB this process may use, per device): freed "
-                 "memory is handed back to the system from now on, %.1f GB at once; long sequences train slower without "
-                 "it", resident / 1e9, self.limit / 1e9, self.fraction, self.available / 1e9,
-                 (resident - host.resident_bytes()) / 1e9)
+        log.info("resident memory %.1f GiB passed %.1f GiB (%s): freed memory is handed back to the system from now on, "
+                 "%.1f GiB at once; long sequences train slower without it", resident / 2**30, self.limit / 2**30, self.share,
+                 (resident - host.resident_bytes()) / 2**30)
 
 
 class ConfusionMatrixLogger(L.Callback):
