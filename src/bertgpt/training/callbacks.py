@@ -152,10 +152,8 @@ class FreedMemoryLimit(L.Callback):
         self.fraction, self.limit = fraction, None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        available, processes = host.memory_limit_bytes(), trainer.num_devices
-        self.limit = self.fraction * available / processes if available else None
-        self.share = f"{self.fraction:g} of the {available / 2**30 if available else 0:.1f} GiB this run may use" + (
-            f", over {processes} processes" if processes > 1 else "")
+        self.available, self.processes = host.memory_limit_bytes(), trainer.num_devices
+        self.limit = self.fraction * self.available / self.processes if self.available else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.check()
@@ -167,9 +165,10 @@ class FreedMemoryLimit(L.Callback):
         if self.limit is None or not host.freed_memory_kept() or (resident := host.resident_bytes()) <= self.limit:
             return
         host.return_freed_memory()
-        log.info("resident memory %.1f GiB passed %.1f GiB (%s): freed memory is handed back to the system from now on, "
-                 "%.1f GiB at once; long sequences train slower without it", resident / 2**30, self.limit / 2**30, self.share,
-                 (resident - host.resident_bytes()) / 2**30)
+        shared = f", over {self.processes} processes" if self.processes > 1 else ""
+        log.info("resident memory %.1f GiB passed %.1f GiB (%g of the %.1f GiB this run may use%s): freed memory is handed "
+                 "back to the system from now on, %.1f GiB at once; long sequences train slower without it", resident / 2**30,
+                 self.limit / 2**30, self.fraction, self.available / 2**30, shared, (resident - host.resident_bytes()) / 2**30)
 
 
 class ConfusionMatrixLogger(L.Callback):
