@@ -2,8 +2,10 @@
 
     python bench/bench_train.py [--lengths 128 256] [--steps 16] [--warmup 3] [--compile]
     python bench/bench_train.py --checkpoint bert-base-shape --batch-size 256 --lengths 128 --compile  # on a GPU
+    python bench/bench_train.py --model gpt --arms ours --lengths 128 --batch-size 16  # the bundled decoder
 
-Every arm trains the same classifier (the bundled all-MiniLM-L6-v2 unless --checkpoint names another; with
+Every arm trains the same classifier (the bundled all-MiniLM-L6-v2 unless --checkpoint names another, or --model
+another of conf/model/, whose checkpoint it then takes: `--model gpt` is the bundled SmolLM2-135M decoder; with
 --random-init only its shape and tokenizer are used, which is all throughput depends on; `bert-base-shape` is
 bert-base-uncased's shape, 110M, with the bundled tokenizer, which has its vocabulary) on the same reviews (the first steps x batch of our
 training split), with the same batch, AdamW (lr 2e-5, eps 1e-8), gradient clipping at 1.0 and threads:
@@ -14,7 +16,7 @@ training split), with the same batch, AdamW (lr 2e-5, eps 1e-8), gradient clippi
 - ours-trainer-settings: ours (below) with the Trainer's settings (random batches, the checkpoint's attention
   and hidden dropout 0.1, transformers' SDPA attention, glibc's default allocator; fused AdamW, the Trainer's default
   since transformers 5): what is left when only the framework differs;
-- ours: `src/train.py model=bert`'s defaults through Lightning (length-grouped batches, attention and hidden
+- ours: `src/train.py model=bert`'s defaults (or --model's) through Lightning (length-grouped batches, attention and hidden
   dropout off, matmul attention on a CPU in bf16, freed memory kept for the next step, fused AdamW, same precision);
 - ours-compile (--compile): ours with `compile=true`.
 
@@ -23,8 +25,9 @@ freed memory (`bertgpt.host.keep_freed_memory`), a process-wide setting the arms
 
 Each arm's clock runs from its `warmup`-th step to the end of its last, data loading included. Figures:
 samples/s, real (non-pad) tokens/s, and utilisation: the FLOPs of the measured steps (counted by torch's
-FlopCounterMode on each batch shape) per second, over the GEMM peak of this machine at the same precision,
-measured here as a square matmul (2048 on a CPU, 8192 on a GPU). Runs on the GPU when there is one.
+FlopCounterMode on each batch shape) per second, over the GEMM peak of this machine at the precision the arm
+trained in (`--override trainer.precision=32-true` times ours in fp32 against the fp32 peak), measured here as a
+square matmul (2048 on a CPU, 8192 on a GPU). Runs on the GPU when there is one.
 Results: bench/results/train.json.
 """
 
@@ -70,13 +73,15 @@ def bert_base_shape() -> str:
     return str(folder)
 
 
-def classifier(checkpoint: str, random_init: bool):
+def classifier(checkpoint: str, random_init: bool, pad_token_id: int):
+    """The library's classifier for `checkpoint`. A decoder's finds each row's last real token by the pad id, which
+    a decoder's config may lack (SmolLM2's does): it is the tokenizer's."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    path = resolve_checkpoint(checkpoint)
+    config = AutoConfig.from_pretrained(resolve_checkpoint(checkpoint), num_labels=2, pad_token_id=pad_token_id)
     if random_init:
-        return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(path, num_labels=2))
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+        return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_pretrained(resolve_checkpoint(checkpoint), config=config)
 
 
 # --- the machine's limit -------------------------------------------------------------------------------------
@@ -102,8 +107,8 @@ class StepFlops:
     CPU kernel): the FLOPs are the model's, whichever kernel runs them.
     """
 
-    def __init__(self, checkpoint: str):
-        self.model = classifier(checkpoint, random_init=True).to(DEVICE)  # the weights' values don't change the FLOPs
+    def __init__(self, checkpoint: str, pad_token_id: int):
+        self.model = classifier(checkpoint, True, pad_token_id).to(DEVICE)  # the weights' values don't change the FLOPs
         self.cache: dict[tuple[int, int], int] = {}
 
     def __call__(self, shape: tuple[int, int]) -> int:
@@ -145,7 +150,7 @@ class Window:
             sync()
             self.end = time.perf_counter()
 
-    def figures(self, flops: StepFlops, peak: float) -> dict:
+    def figures(self, flops: StepFlops, peak: float | None) -> dict:
         assert self.start is not None and self.end is not None, "the run ended before its measured window"
         seconds = self.end - self.start
         measured = self.batches[self.warmup : self.warmup + self.steps]
@@ -156,7 +161,7 @@ class Window:
         return {
             "samples_per_sec": round(samples / seconds, 2), "tokens_per_sec": round(tokens / seconds, 1),
             "padding": round(1 - tokens / padded, 3), "step_ms": round(1000 * seconds / self.steps, 1),
-            "tflops": round(achieved / 1e12, 3), "utilisation": round(achieved / peak, 3),
+            "tflops": round(achieved / 1e12, 3), "utilisation": round(achieved / peak, 3) if peak else None,
         }
 
 
@@ -242,9 +247,9 @@ def hf_trainer(model, data, tokenizer, window: Window, batch_size: int, seed: in
         Trainer(model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=[Clock()]).train()
 
 
-def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window: Window, batch_size: int, seed: int, overrides: list[str], compile: bool, host: bool = True) -> None:
-    """`src/train.py model=bert` as configured in conf/, with only the run length and outputs changed.
-    `host`: as its entry point does, keep freed memory (`bertgpt.cli.cli`)."""
+def ours(model_config: str, checkpoint: str, random_init: bool, max_length: int, count: int, window: Window, batch_size: int, seed: int, overrides: list[str], compile: bool, host: bool = True) -> str:
+    """`src/train.py model=<model_config>` as configured in conf/, with only the run length and outputs changed.
+    `host`: as its entry point does, keep freed memory (`bertgpt.cli.cli`). Returns the precision it trained in."""
     import tempfile
 
     import hydra
@@ -279,7 +284,7 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     with tempfile.TemporaryDirectory() as out:
         cfg = cli.compose("train", [
-            "model=bert", f"model.net.checkpoint={checkpoint}", f"model.net.pretrained={not random_init}",
+            f"model={model_config}", f"model.net.checkpoint={checkpoint}", f"model.net.pretrained={not random_init}",
             f"data.max_length={max_length}", f"data.train_size={count}", f"data.batch_size={batch_size}",
             f"seed={seed}", f"paths.output_dir={out}", *overrides, *extra_overrides,
         ])
@@ -293,6 +298,7 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
         if compile:
             model.net.compile()  # as src/train.py compile=true does
         trainer.fit(model, datamodule=datamodule)
+        return str(cfg.trainer.precision)
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -300,7 +306,8 @@ def ours(checkpoint: str, random_init: bool, max_length: int, count: int, window
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="all-minilm-l6-v2", help="a bundled name or a Hugging Face BERT folder")
+    parser.add_argument("--model", default="bert", help="a config of conf/model/ for our arms, whose checkpoint every arm trains (gpt: the bundled decoder)")
+    parser.add_argument("--checkpoint", help="a bundled name or a Hugging Face folder (default: --model's)")
     parser.add_argument("--random-init", action="store_true", help="the checkpoint's shape and tokenizer, random weights")
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -337,38 +344,40 @@ def main() -> None:
           + (f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s" if "bf16" in peaks else "bf16 not measured (no bf16 in this CPU)")
           + f"; training precision {precision}", flush=True)
     arms = [arm for arm in ARMS if arm in args.arms or (arm == "ours-compile" and args.compile)]
-    checkpoint = args.checkpoint
+    from bertgpt import cli
+
+    checkpoint = args.checkpoint or str(cli.compose("train", [f"model={args.model}"]).model.net.checkpoint)
     if checkpoint == "bert-base-shape":
         checkpoint, args.random_init = bert_base_shape(), True
-    flops = StepFlops(checkpoint)
+    flops = None
     count = args.batch_size * (args.warmup + args.steps)
     results = {"gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "batch_size": args.batch_size,
-               "checkpoint": checkpoint, "random_init": args.random_init, "device": str(DEVICE),
+               "model": args.model, "checkpoint": checkpoint, "random_init": args.random_init, "device": str(DEVICE),
                "steps": args.steps, "warmup": args.warmup, "precision": precision, "overrides": args.override,
                "glibc_default_malloc": args.glibc_default_malloc, "lengths": {}}
     for max_length in args.lengths:
         data, tokenizer = reviews(checkpoint, max_length, count)
+        flops = flops or StepFlops(checkpoint, tokenizer.pad_token_id)
         figures = {}
         for arm in arms:
             window = Window(args.warmup, args.steps)
             if arm == "classic":
-                classic(classifier(checkpoint, args.random_init), data, tokenizer, max_length, window, args.batch_size, args.seed)
-                peak = peaks["fp32"]
-            else:
-                peak = peaks["bf16" if bf16 else "fp32"]
-                if arm == "hf-trainer":
-                    hf_trainer(classifier(checkpoint, args.random_init), data, tokenizer, window, args.batch_size, args.seed, bf16)
-                elif arm in ("ours", "ours-compile"):
-                    ours(checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed, [],
-                         compile=arm == "ours-compile", host=not args.glibc_default_malloc)
-                else:  # ours-trainer-settings; the Trainer fuses AdamW too
-                    settings = ["model.net.attn_dropout=null", "model.net.dropout=null", "data.group_by_length=false", "model.net.attention=sdpa"]
-                    ours(checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed, settings,
-                         compile=False, host=False)
+                classic(classifier(checkpoint, args.random_init, tokenizer.pad_token_id), data, tokenizer, max_length, window, args.batch_size, args.seed)
+                trained_in = "32-true"
+            elif arm == "hf-trainer":
+                hf_trainer(classifier(checkpoint, args.random_init, tokenizer.pad_token_id), data, tokenizer, window, args.batch_size, args.seed, bf16)
+                trained_in = precision
+            else:  # ours-trainer-settings takes the Trainer's settings; the Trainer fuses AdamW too
+                settings = [] if arm in ("ours", "ours-compile") else [
+                    "model.net.attn_dropout=null", "model.net.dropout=null", "data.group_by_length=false", "model.net.attention=sdpa"]
+                trained_in = ours(args.model, checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed,
+                                  settings, compile=arm == "ours-compile", host=arm != "ours-trainer-settings" and not args.glibc_default_malloc)
+            peak = peaks.get("bf16" if "bf16" in trained_in else "fp32")  # none where bf16 was forced on a CPU without it
             figures[arm] = window.figures(flops, peak)
             f = figures[arm]
             print(f"  {max_length:>4} {arm:<22} {f['samples_per_sec']:7.1f} samples/s {f['tokens_per_sec']:8.0f} tokens/s  "
-                  f"pad {f['padding']:4.0%}  {f['tflops'] * 1000:6.0f} GFLOP/s = {f['utilisation']:4.0%} of peak", flush=True)
+                  f"pad {f['padding']:4.0%}  {f['tflops'] * 1000:6.0f} GFLOP/s = "
+                  + (f"{f['utilisation']:4.0%} of peak" if f["utilisation"] is not None else "no peak measured at its precision"), flush=True)
         ratios = {}
         for base in ("classic", "hf-trainer"):
             if base in figures and "ours" in figures:
