@@ -80,6 +80,25 @@ def test_a_cpu_takes_the_matmul_path_in_bf16_and_sdpa_in_fp32(dtype, path, monke
     assert taken == [path]
 
 
+def test_under_bf16_autocast_an_fp32_query_takes_the_matmul_path(tiny_chat, monkeypatch):
+    """A Llama-layout decoder rotates q and k with fp32 tables, so under bf16 autocast its attention gets fp32
+    queries: the path follows autocast's precision, not q's dtype, or the decoder would miss the faster path."""
+    from bertgpt.models import attention, library
+
+    taken = []
+    matmul = attention.matmul_attention
+    monkeypatch.setattr(attention, "matmul_attention", lambda q, *a, **kw: taken.append(q.dtype) or matmul(q, *a, **kw))
+    decoder = library.build(tiny_chat, head="sequence", num_labels=2)
+    ids = torch.randint(10, 100, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = decoder(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    assert taken and set(taken) == {torch.float32}  # every layer's q arrived in fp32, and took the matmuls
+    taken.clear()
+    decoder(input_ids=ids, attention_mask=torch.ones_like(ids))  # no autocast: fp32, SDPA's fused kernel
+    assert taken == []
+
+
 def test_flops_of_the_fused_cpu_kernel_are_those_of_its_matmuls():
     """torch's counter sees nothing of SDPA's fused CPU kernel; taught it, it counts a forward as the math kernel's
     matmuls count it: two products of (T x hs) by (hs x T) per head."""

@@ -32,8 +32,14 @@ def check_choice(attention: str) -> str:
 
 
 def fused_is_faster(q: torch.Tensor) -> bool:
-    """Where PyTorch's SDPA beats the matmul path: on a GPU, and in fp32 on a CPU (docs/performance.md)."""
-    return q.device.type != "cpu" or q.dtype == torch.float32
+    """Where PyTorch's SDPA beats the matmul path: on a GPU, and in fp32 on a CPU (docs/performance.md).
+
+    Under CPU autocast the precision is autocast's, whatever q's dtype: a rotary model's q leaves its rotation in
+    fp32 (the cos/sin tables are fp32), yet its products run in bf16 all the same."""
+    if q.device.type != "cpu":
+        return True
+    precision = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    return precision == torch.float32
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
