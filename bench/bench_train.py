@@ -78,10 +78,11 @@ def classifier(checkpoint: str, random_init: bool, pad_token_id: int):
     a decoder's config may lack (SmolLM2's does): it is the tokenizer's."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(resolve_checkpoint(checkpoint), num_labels=2, pad_token_id=pad_token_id)
+    path = resolve_checkpoint(checkpoint)
+    config = AutoConfig.from_pretrained(path, num_labels=2, pad_token_id=pad_token_id)
     if random_init:
         return AutoModelForSequenceClassification.from_config(config)
-    return AutoModelForSequenceClassification.from_pretrained(resolve_checkpoint(checkpoint), config=config)
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
 
 
 # --- the machine's limit -------------------------------------------------------------------------------------
