@@ -368,11 +368,12 @@ def main() -> None:
             elif arm == "hf-trainer":
                 hf_trainer(classifier(checkpoint, args.random_init, tokenizer.pad_token_id), data, tokenizer, window, args.batch_size, args.seed, bf16)
                 trained_in = precision
-            else:  # ours-trainer-settings takes the Trainer's settings; the Trainer fuses AdamW too
-                settings = [] if arm in ("ours", "ours-compile") else [
-                    "model.net.attn_dropout=null", "model.net.dropout=null", "data.group_by_length=false", "model.net.attention=sdpa"]
+            else:  # ours-trainer-settings takes the Trainer's settings and glibc's allocator; the Trainer fuses AdamW too
+                as_trainer = arm == "ours-trainer-settings"
+                settings = ["model.net.attn_dropout=null", "model.net.dropout=null", "data.group_by_length=false",
+                            "model.net.attention=sdpa"] if as_trainer else []
                 trained_in = ours(args.model, checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed,
-                                  settings, compile=arm == "ours-compile", host=arm != "ours-trainer-settings" and not args.glibc_default_malloc)
+                                  settings, compile=arm == "ours-compile", host=not (as_trainer or args.glibc_default_malloc))
             peak = peaks.get("bf16" if "bf16" in trained_in else "fp32")  # none where bf16 was forced on a CPU without it
             figures[arm] = window.figures(flops, peak)
             f = figures[arm]
