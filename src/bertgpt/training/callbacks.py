@@ -168,8 +168,8 @@ class FreedMemoryLimit(L.Callback):
         shared = f", over {self.processes} processes" if self.processes > 1 else ""
         log.info("resident memory %.1f GiB passed %.1f GiB (%g of the %.1f GiB this run may use%s): freed memory is "
                  "handed back to the system from now on, %.1f GiB of it now (the heap's pages fill again as they are "
-                 "reused, but it grows little from here); long sequences train slower without it", resident / 2**30, self.limit / 2**30,
-                 self.fraction, self.available / 2**30, shared, (resident - host.resident_bytes()) / 2**30)
+                 "reused, but it grows little from here); long sequences train slower without it", resident / 2**30,
+                 self.limit / 2**30, self.fraction, self.available / 2**30, shared, (resident - host.resident_bytes()) / 2**30)
 
 
 class ConfusionMatrixLogger(L.Callback):
