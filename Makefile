@@ -48,7 +48,7 @@ train-gpt: $(STAMP)  ## fine-tune the bundled SmolLM2-135M decoder (add ARGS="da
 pretrain: $(STAMP)  ## pretrain our BERT from random init on the review text: make pretrain ARGS="objective=clm" for our GPT
 	$(PY) src/pretrain.py $(ARGS)
 
-compare: $(STAMP)  ## BERT vs GPT, seeds and intervals (~90 min on a 2-core AVX2 CPU, 88 on the AVX2 EPYC; 52 on the Zen 4 EPYC, 29 on the Zen 5; repeat to resume): reports/compare.md
+compare: $(STAMP)  ## BERT vs GPT, seeds and intervals (~90 min on a 2-core AVX2 CPU, 88 on the AVX2 EPYC; 36 on the Zen 4 EPYC, 29 on the Zen 5; repeat to resume): reports/compare.md
 	$(PY) src/compare.py $(ARGS)
 
 compare-direction: $(STAMP)  ## the attention-direction pair on sentiment at 2,000 reviews, 3 seeds: reports/direction-2000/
