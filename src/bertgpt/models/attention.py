@@ -52,12 +52,17 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
 
 
 def matmul_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """softmax(q kᵀ · scale + mask) v in the inputs' dtype. A boolean mask marks the keys a query may see."""
-    if enable_gqa and k.size(1) != q.size(1):  # each k/v head serves n_head / n_kv_head query heads
-        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale
-    scores = (q * scale) @ k.transpose(-2, -1)  # (B, nh, T, S); scaling q is T x hs multiplies, not T x S
+    """softmax(q kᵀ · scale + mask) v in the inputs' dtype. A boolean mask marks the keys a query may see.
+
+    With `enable_gqa` each k/v head serves a run of n_head / n_kv_head consecutive query heads (SDPA's order). Those
+    query heads are stacked as one block of rows against their k/v head, a view of q, so k and v are not copied
+    once per query head, neither for the products nor for the backward pass."""
+    *batch, nh, T, hs = q.shape
+    S = k.size(-2)
+    groups = nh // k.size(-3) if enable_gqa else 1
+    scale = 1 / math.sqrt(hs) if scale is None else scale
+    q = (q * scale).reshape(*batch, nh // groups, groups * T, hs)  # scaling q is T x hs multiplies, not T x S
+    scores = (q @ k.transpose(-2, -1)).view(*batch, nh, T, S)
     hidden = torch.finfo(scores.dtype).min  # not -inf: a query that may see no key gets uniform weights, not NaN
     if is_causal:
         T, S = scores.shape[-2:]
@@ -70,7 +75,7 @@ def matmul_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     probs = scores.softmax(dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
-    return probs @ v  # (B, nh, T, hs)
+    return (probs.view(*batch, nh // groups, groups * T, S) @ v).view(*batch, nh, T, v.size(-1))  # (B, nh, T, hs)
 
 
 def count_cpu_flash_flops() -> None:
