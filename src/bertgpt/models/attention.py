@@ -65,7 +65,6 @@ def matmul_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     scores = (q @ k.transpose(-2, -1)).view(*batch, nh, T, S)
     hidden = torch.finfo(scores.dtype).min  # not -inf: a query that may see no key gets uniform weights, not NaN
     if is_causal:
-        T, S = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1), hidden)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
