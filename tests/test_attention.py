@@ -49,6 +49,16 @@ def test_matmul_attention_matches_sdpa(case):
         torch.testing.assert_close(g, g_ref)
 
 
+def test_grouped_query_heads_keep_one_copy_of_keys_and_values_for_the_backward():
+    q, k, v = qkv(nh=6, nkv=2)
+    kept = {}  # storage -> bytes, of every tensor autograd keeps for the backward
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()}) or t, lambda t: t):
+        matmul_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert {k.untyped_storage().data_ptr(), v.untyped_storage().data_ptr()} <= kept.keys()  # k and v themselves
+    probabilities, causal_mask = 3 * 6 * 9 * 9 * 8, 9 * 9  # float64 (B, nh, T, S), bool (T, S)
+    assert sum(kept.values()) == q.numel() * 8 + k.numel() * 8 + v.numel() * 8 + probabilities + causal_mask
+
+
 def test_grouped_query_heads_match_sdpa():
     y, grads = outputs_and_grads(matmul_attention, *qkv(nh=6, nkv=2), is_causal=True, enable_gqa=True)
     y_ref, grads_ref = outputs_and_grads(F.scaled_dot_product_attention, *qkv(nh=6, nkv=2), is_causal=True, enable_gqa=True)
