@@ -1,15 +1,19 @@
-"""A long CPU run's memory: glibc's heap step by step, with freed memory kept, and with a limit on it.
+"""A long CPU run's memory: glibc's heap step by step, with freed memory kept, with a limit on it, and with each
+Transformer block recomputed in the backward pass.
 
     python bench/bench_memory.py [--steps 240] [--limit-gib 7.5] [--arms kept limit] [--recipe "experiment=best"]
     python bench/bench_memory.py --epochs 1 --limit-gib 11 --arms limit   # the recipe's schedule, stopped after epoch 1
+    python bench/bench_memory.py --arms kept recompute --steps 30 --recipe "model=gpt data.max_length=512 data.truncation=head_tail data.batch_size=16"
 
 Trains `src/train.py <recipe>` once per arm, each in a process of its own, and reads every `--every` steps the
 process's resident set and glibc's heap (mallinfo2: its size, the bytes in use, the freed bytes it keeps):
 - kept: freed memory kept the whole run (`callbacks.freed_memory_limit.fraction=1`);
-- limit: `FreedMemoryLimit` handing it back past `--limit-gib` (default: its default share of this machine).
+- limit: `FreedMemoryLimit` handing it back past `--limit-gib` (default: its default share of this machine);
+- recompute: freed memory kept, and `activation_checkpointing=true` (each block keeps only its input).
 `--steps` runs that many steps of one epoch with a 256-review validation; `--epochs` runs the recipe unchanged
 (its schedule, its full validation) and stops after that many epochs. Prints each arm's heap every `--every`
-steps, its peak, samples/s and the step where the limit was passed; bench/results/memory.json.
+steps, its peak, samples/s, its last training loss and the step where the limit was passed, then each arm's peak
+and samples/s against the first arm's; bench/results/memory.json.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class HeapProbe(L.Callback):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="experiment=best", help="Hydra overrides of the run measured")
-    parser.add_argument("--arms", nargs="+", choices=["kept", "limit"], default=["kept", "limit"])
+    parser.add_argument("--arms", nargs="+", choices=["kept", "limit", "recompute"], default=["kept", "limit"])
     parser.add_argument("--steps", type=int, default=240, help="steps of one epoch, a 256-review validation")
     parser.add_argument("--epochs", type=int, help="the recipe as it is, stopped after this many epochs (instead of --steps)")
     parser.add_argument("--limit-gib", type=float, help="the limit arm's resident GiB (default: FreedMemoryLimit's default share)")
@@ -91,20 +95,26 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
     results = {}
     for arm in args.arms:
-        limit = ["callbacks.freed_memory_limit.fraction=1"] if arm == "kept" else (
+        limit = ["callbacks.freed_memory_limit.fraction=1"] if arm != "limit" else (
             [f"callbacks.freed_memory_limit.fraction={fraction}"] if fraction else [])
+        if arm == "recompute":
+            limit.append("activation_checkpointing=true")
         overrides = [*shlex.split(args.recipe), *length, *limit, "test=false", "logger=csv",
                      "+callbacks.heap_probe._target_=bench_memory.HeapProbe", f"+callbacks.heap_probe.path={out / arm / 'heap.jsonl'}",
                      f"+callbacks.heap_probe.every={args.every}"]
-        run = run_train(arm, overrides, out, ("train/samples_per_sec", "train/peak_memory_mb", "val/acc"))
+        run = run_train(arm, overrides, out, ("train/samples_per_sec", "train/peak_memory_mb", "train/loss", "val/acc"))
         rows = [json.loads(line) for line in (out / arm / "heap.jsonl").read_text().splitlines()]
         handed_back = next((row["step"] for row in rows if not row["kept"]), None)
         results[arm] = {**run, "handed_back_by_step": handed_back, "heap": rows}
         print(f"{arm}: peak resident {run['train/peak_memory_mb'] / 2**10:.1f} GiB, heap at the end {rows[-1].get('heap_gib')} GiB "
               f"({rows[-1].get('freed_kept_gib')} GiB of it freed and kept), {run['train/samples_per_sec']:.1f} samples/s, "
-              f"val/acc {run['val/acc']:.4f}" + (f"; handed back by step {handed_back}" if handed_back else ""))
+              f"last loss {run['train/loss']:.4f}, val/acc {run['val/acc']:.4f}" + (f"; handed back by step {handed_back}" if handed_back else ""))
         for row in rows:
             print("   ", "  ".join(f"{k} {v}" for k, v in row.items()))
+    first, *others = results
+    for arm in others:
+        peak, speed = (results[arm][key] / results[first][key] for key in ("train/peak_memory_mb", "train/samples_per_sec"))
+        print(f"{arm} against {first}: {peak:.2f}x the peak resident memory at {speed:.2f}x the samples/s")
     save("memory", {"recipe": args.recipe, "steps": None if args.epochs else args.steps, "epochs": args.epochs,
                     "limit_gib": args.limit_gib, "memory_gib": round(available / 2**30, 1), "arms": results})
 

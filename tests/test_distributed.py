@@ -1,7 +1,9 @@
-"""Past one process: FSDP2 sharded training on 2 CPU ranks and its resume, the FSDP and DeepSpeed configs."""
+"""Past one device's memory: FSDP2 sharded training on 2 CPU ranks and its resume, the FSDP and DeepSpeed configs,
+activation checkpointing of each block."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 
@@ -13,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from bertgpt.models import bert, gpt
-from bertgpt.training.strategies import BLOCKS, block_classes
+from bertgpt.training.strategies import BLOCKS, block_classes, recompute_blocks
 
 
 def trainer_config(*overrides: str):
@@ -24,17 +26,94 @@ def blocks_of(model: torch.nn.Module) -> int:
     return sum(isinstance(m, tuple(block_classes())) for m in model.modules())
 
 
-def test_every_backbone_has_its_blocks_in_the_wrap_list():
+def every_backbone() -> list[torch.nn.Module]:
+    """Each family of BLOCKS in small, three blocks each, with dropout where the family has it (as library.build,
+    no key/value cache)."""
     hf_bert = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
-    gpt2 = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2, pad_token_id=0)
-    llama = transformers.LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, pad_token_id=0)
-    models = [
+    gpt2 = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2, pad_token_id=0, use_cache=False)
+    llama = transformers.LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, pad_token_id=0, use_cache=False)
+    return [
         transformers.BertForSequenceClassification(hf_bert), transformers.GPT2ForSequenceClassification(gpt2),
         transformers.LlamaForTokenClassification(llama), bert.BertForTokenClassification(bert.BertConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=16, n_inner=32)),
-        gpt.GPTForSequenceClassification(gpt.GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=16)),
+        gpt.GPTForSequenceClassification(gpt.GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=16, dropout=0.1)),
     ]
-    assert [blocks_of(m) for m in models] == [3] * 5
+
+
+def test_every_backbone_has_its_blocks_in_the_wrap_list():
+    assert [blocks_of(m) for m in every_backbone()] == [3] * 5
     assert len(block_classes()) == len(BLOCKS)
+
+
+def loss_gradients_and_kept_bytes(net: torch.nn.Module, input_ids: torch.Tensor):
+    """One training step's loss and gradients, and the bytes autograd keeps for the backward pass."""
+    kept = {}
+
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    torch.manual_seed(0)  # the same dropout masks for both runs
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = net(input_ids=input_ids)
+    loss = (out if isinstance(out, torch.Tensor) else out.logits).float().square().mean()
+    loss.backward()
+    return loss.item(), {name: p.grad for name, p in net.state_dict(keep_vars=True).items() if p.grad is not None}, sum(kept.values())
+
+
+@pytest.mark.parametrize("index", range(5), ids=["hf-bert", "gpt2", "llama", "our-bert", "our-gpt"])
+def test_recomputed_blocks_give_the_same_gradients_from_a_fraction_of_the_memory(index):
+    torch.manual_seed(1)
+    plain = every_backbone()[index].train()
+    recomputed = copy.deepcopy(plain)
+    assert recompute_blocks(recomputed) == 3
+    input_ids = torch.randint(1, 64, (4, 48))
+    loss, grads, kept = loss_gradients_and_kept_bytes(plain, input_ids)
+    loss_again, grads_again, kept_again = loss_gradients_and_kept_bytes(recomputed, input_ids)
+    assert loss_again == loss
+    assert grads_again.keys() == grads.keys()  # the state dict keeps the plain names: checkpoints load either way
+    assert all(torch.equal(grads_again[name], grads[name]) for name in grads)  # dropout's masks drawn again alike
+    assert kept_again < kept / 3  # only each block's input, not its activations
+
+
+def test_recomputed_blocks_compile():
+    """The wrapper composes with torch.compile (hooks on each block did not: the compiled forward saved other
+    tensors than the eager recompute made). aot_eager traces what Inductor would, without building kernels."""
+    torch.manual_seed(1)
+    net = every_backbone()[1].train()
+    recompute_blocks(net)
+    net.compile(backend="aot_eager")
+    for width in (16, 24):
+        net(input_ids=torch.randint(1, 64, (2, width))).logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_a_model_without_transformer_blocks_is_refused():
+    from bertgpt.errors import UserError
+
+    with pytest.raises(UserError, match="activation_checkpointing=true: Linear has none of the Transformer blocks it recomputes"):
+        recompute_blocks(torch.nn.Linear(4, 4))
+
+
+@pytest.mark.slow
+def test_recomputed_training_matches_the_plain_run(reference, tiny_bert, workdir):
+    """activation_checkpointing=true in a whole run: the same losses, metrics and checkpoint names as without."""
+    logs = workdir / "recomputed"
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, "activation_checkpointing=true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Activation checkpointing: 2 Transformer blocks keep only their input" in result.stdout + result.stderr
+    run = only_run(logs)
+    timing = {"train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "train/peak_memory_mb", "best_checkpoint"}
+    assert {k: v for k, v in metrics_of(run).items() if k not in timing} == {k: v for k, v in metrics_of(reference).items() if k not in timing}
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state.keys() == torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].keys()
+
+
+def test_recomputing_twice_is_refused(tiny_bert, workdir, tmp_path):
+    overrides = tiny_overrides(tiny_bert, workdir, tmp_path / "logs", "activation_checkpointing=true", "trainer=fsdp", "trainer.strategy.activation_checkpointing=true")
+    result = run_script("train", *overrides)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one." in result.stderr
+    assert not (tmp_path / "logs" / "train" / "runs").exists() or not any((tmp_path / "logs" / "train" / "runs").iterdir())
 
 
 def test_fsdp_config_wraps_and_checkpoints_each_block_and_refuses_a_cpu(tmp_path):
@@ -64,9 +143,11 @@ def test_deepspeed_without_deepspeed_names_the_install(tiny_bert, workdir, tmp_p
 def test_sharded_training_on_two_cpu_processes_resumes_from_its_checkpoint(tiny_bert, workdir, tmp_path):
     logs = tmp_path / "logs"
     common = ("trainer=model_parallel", "data.batch_size=8", "logger=none")  # 2 ranks x 8: the single process's 16
-    first = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, *common, "trainer.max_epochs=1"), subprocess_=True)
+    # The first run recomputes its blocks and the resume does not: both load the same names, by parameter.
+    first = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, *common, "trainer.max_epochs=1", "activation_checkpointing=true"), subprocess_=True)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Starting with 2 processes" in first.stdout + first.stderr
+    assert "Activation checkpointing: 2 Transformer blocks" in first.stdout + first.stderr
     run = only_run(logs)
     epoch_one = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     steps = epoch_one["global_step"]

@@ -29,6 +29,7 @@ from bertgpt.models.attention import count_cpu_flash_flops
 from bertgpt.training.callbacks import exit_on_signal
 from bertgpt.training.checkpoints import ensure_writable, newest_checkpoint, resume_checkpoint
 from bertgpt.training.optim import count_parameters
+from bertgpt.training.strategies import recompute_blocks
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ def train(cfg: DictConfig) -> float | None:
     resume = resume_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, **datamodule.task_options())  # the labels come from the data
+    if cfg.get("activation_checkpointing"):
+        if OmegaConf.select(cfg, "trainer.strategy.activation_checkpointing"):
+            raise UserError("activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one.")
+        log.info("Activation checkpointing: %d Transformer blocks keep only their input and run again in the backward pass.", recompute_blocks(model.net))
     datamodule.tokenizer  # fail on a bad max_length before the trainer starts writing anything
     trainer = build_trainer(cfg)
     checkpointers = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]

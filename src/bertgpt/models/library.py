@@ -58,7 +58,9 @@ def build(
     auto_model = choose_head(HEADS, head)
     implementation = register_with_transformers() if check_choice(attention) == "auto" else "sdpa"
     pad_token_id = load_tokenizer(checkpoint).pad_token_id
-    config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id)
+    # use_cache=False: a classifier never generates, and a decoder that kept its keys and values would find the first
+    # pass's in its cache when activation checkpointing runs a block again (`bertgpt.training.strategies.recompute_blocks`).
+    config = from_pretrained(AutoConfig, checkpoint, num_labels=num_labels, pad_token_id=pad_token_id, use_cache=False)
     for fields, value in ((ATTENTION_DROPOUT_FIELDS, attn_dropout), (HIDDEN_DROPOUT_FIELDS, dropout)):
         if value is None:
             continue

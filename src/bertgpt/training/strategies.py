@@ -1,4 +1,5 @@
-"""Training past one device: FSDP wrapping each Transformer block, FSDP2 (`fully_shard`) on a device mesh, DeepSpeed.
+"""Training past one device's memory: FSDP wrapping each Transformer block, FSDP2 (`fully_shard`) on a device mesh,
+DeepSpeed, and activation checkpointing of each block on any strategy.
 
 The configs (conf/trainer/fsdp.yaml, model_parallel.yaml, deepspeed.yaml) take their strategy from here: FSDP takes
 its wrap policy as a set of classes, which a YAML file cannot spell, and DeepSpeed is an optional install.
@@ -7,9 +8,12 @@ its wrap policy as a set of classes, which a YAML file cannot spell, and DeepSpe
 from __future__ import annotations
 
 import importlib.util
+import types
 from collections.abc import Iterable
 
 import hydra
+import torch
+import torch.utils.checkpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
 
@@ -46,6 +50,27 @@ def fsdp(blocks: Iterable[str] = BLOCKS, activation_checkpointing: bool = False,
     of each block (its activations recomputed in the backward pass: less memory, ~1/3 more compute)."""
     classes = block_classes(blocks)
     return FSDPStrategy(auto_wrap_policy=classes, activation_checkpointing_policy=classes if activation_checkpointing else None, **kwargs)
+
+
+def recompute_blocks(module: nn.Module, blocks: Iterable[str] = BLOCKS) -> int:
+    """Activation checkpointing of each Transformer block of `module`, on any device and strategy: a block keeps
+    only its input for the backward pass, which runs its forward again (the same gradients, dropout's masks drawn
+    again alike; about one more forward of compute). Returns how many blocks it changed.
+
+    Each block's own `forward` goes through `torch.utils.checkpoint`, so names do not change: checkpoints, and
+    the sharded strategies that load them by parameter name, see the plain model. torch's `checkpoint_wrapper`
+    adds a module level to every name; its hooks-based `checkpoint` does not compose with torch.compile."""
+    classes = tuple(block_classes(blocks))
+    found = [m for m in module.modules() if isinstance(m, classes)]
+    if not found:
+        raise UserError(f"activation_checkpointing=true: {type(module).__name__} has none of the Transformer blocks it recomputes ({', '.join(sorted(c.__name__ for c in classes))}).")
+    for block in found:
+        block.forward = types.MethodType(recomputed_forward, block)  # bound to the block, so a deepcopy rebinds it
+    return len(found)
+
+
+def recomputed_forward(block: nn.Module, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(type(block).forward, block, *args, use_reentrant=False, **kwargs)
 
 
 class FullyShardedStrategy(ModelParallelStrategy):
