@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import random
@@ -133,6 +134,12 @@ def tiny_chat(tmp_path_factory) -> str:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def bench_script(name: str):
+    """bench/<name>.py imported as a module (the bench scripts import `common` from their own folder)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
 
 
 def compose_train(*overrides: str):

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import transformers
-from conftest import compose_train, metrics_of, only_run, run_script, tiny_overrides
+from conftest import bench_script, compose_train, metrics_of, only_run, run_script, tiny_overrides
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
@@ -44,35 +44,28 @@ def test_every_backbone_has_its_blocks_in_the_wrap_list():
     assert len(block_classes()) == len(BLOCKS)
 
 
-def loss_gradients_and_kept_bytes(net: torch.nn.Module, input_ids: torch.Tensor):
-    """One training step's loss and gradients, and the bytes autograd keeps for the backward pass."""
-    kept = {}
-
-    def pack(tensor):
-        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
+def loss_and_gradients(net: torch.nn.Module, input_ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     torch.manual_seed(0)  # the same dropout masks for both runs
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = net(input_ids=input_ids)
+    out = net(input_ids=input_ids)
     loss = (out if isinstance(out, torch.Tensor) else out.logits).float().square().mean()
     loss.backward()
-    return loss.item(), {name: p.grad for name, p in net.state_dict(keep_vars=True).items() if p.grad is not None}, sum(kept.values())
+    return loss.item(), {name: p.grad for name, p in net.state_dict(keep_vars=True).items() if p.grad is not None}
 
 
 @pytest.mark.parametrize("index", range(5), ids=["hf-bert", "gpt2", "llama", "our-bert", "our-gpt"])
 def test_recomputed_blocks_give_the_same_gradients_from_a_fraction_of_the_memory(index):
+    kept_bytes = bench_script("bench_activations").kept_bytes  # what autograd keeps for the backward pass
     torch.manual_seed(1)
     plain = every_backbone()[index].train()
     recomputed = copy.deepcopy(plain)
     assert recompute_blocks(recomputed) == 3
     input_ids = torch.randint(1, 64, (4, 48))
-    loss, grads, kept = loss_gradients_and_kept_bytes(plain, input_ids)
-    loss_again, grads_again, kept_again = loss_gradients_and_kept_bytes(recomputed, input_ids)
+    loss, grads = loss_and_gradients(plain, input_ids)
+    loss_again, grads_again = loss_and_gradients(recomputed, input_ids)
     assert loss_again == loss
     assert grads_again.keys() == grads.keys()  # the state dict keeps the plain names: checkpoints load either way
     assert all(torch.equal(grads_again[name], grads[name]) for name in grads)  # dropout's masks drawn again alike
-    assert kept_again < kept / 3  # only each block's input, not its activations
+    assert kept_bytes(recomputed, input_ids, None) < kept_bytes(plain, input_ids, None) / 3  # each block's input only
 
 
 def test_recomputed_blocks_compile():

@@ -3,13 +3,11 @@ bench/bench_time_to_accuracy.py's pairing of two runs' validations."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_train
+from conftest import bench_script, compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "reports" / "best" / "runs"
@@ -35,12 +33,6 @@ def test_hidden_dropout_is_off_in_every_recipe(experiment):
     cfg = compose_train(*([f"experiment={experiment}"] if experiment else []))
     assert cfg.model.net.dropout == 0.0
     assert cfg.model.net.attn_dropout == 0.0
-
-
-def bench_script(name: str):
-    """bench/<name>.py imported as a module (the bench scripts import `common` from their own folder)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,82 @@
+"""What one training step keeps for its backward pass, beside what the weights and AdamW hold: per attention path, with
+and without activation checkpointing.
+
+    python bench/bench_activations.py                                                  # the decoder, 512 tokens, batch 16
+    python bench/bench_activations.py --checkpoint all-minilm-l6-v2 --batch-size 32   # MiniLM, experiment=best's shape
+
+Builds `--checkpoint` (a bundled name or a Hugging Face folder) with the sequence head, as `src/train.py` does, runs one forward of a full `--length` batch
+in training mode (bf16 autocast where the CPU has bf16, else fp32) and counts, through autograd's saved-tensor hooks,
+the distinct storages kept for the backward pass. These are the allocator-free figures behind a run's peak: the run
+adds the gradients, the optimizer's state, each step's transients and the freed memory the allocator keeps. Arms:
+`--attention` (auto: matmuls on a CPU in bf16; sdpa) times `activation_checkpointing` off and on. Results:
+bench/results/activations.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+
+import torch
+from common import save
+
+from bertgpt.host import glibc, supports_bf16
+from bertgpt.models.library import build
+from bertgpt.training.strategies import recompute_blocks
+
+MIB = 2**20
+
+
+def kept_bytes(net: torch.nn.Module, input_ids: torch.Tensor, precision: torch.dtype | None) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of one forward."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor.detach()  # the tensor itself would tie a saved output to its own graph: a cycle never freed
+
+    autocast = torch.autocast("cpu", dtype=precision) if precision else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+        net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    return sum(size for pointer, size in storages.items() if pointer not in parameters)  # fp32 weights: counted below
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="smollm2-135m", help="a bundled name (smollm2-135m, all-minilm-l6-v2) or a Hugging Face folder")
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--attention", nargs="+", choices=["auto", "sdpa"], default=["auto", "sdpa"])
+    args = parser.parse_args()
+
+    checkpoint = args.checkpoint
+    precision = torch.bfloat16 if supports_bf16() else None
+    torch.manual_seed(0)
+    input_ids = torch.randint(1000, 2000, (args.batch_size, args.length))
+    rows = []
+    for attention, recompute in itertools.product(args.attention, (False, True)):
+        net = build(checkpoint, pretrained=True, attention=attention, attn_dropout=0.0, dropout=0.0).train()
+        blocks = recompute_blocks(net) if recompute else 0
+        kept = kept_bytes(net, input_ids, precision)
+        weights = sum(p.numel() for p in net.parameters())
+        rows.append({"attention": attention, "activation_checkpointing": recompute, "kept_mib": round(kept / MIB),
+                     "blocks": blocks, "parameters": weights})
+        print(f"{checkpoint} batch {args.batch_size} x {args.length} tokens, {'bf16' if precision else 'fp32'}, attention={attention:4s} "
+              f"activation_checkpointing={str(recompute).lower():5s}: {kept / MIB:8,.0f} MiB kept for the backward pass", flush=True)
+        del net
+        gc.collect()
+        if glibc() is not None:
+            glibc().malloc_trim(0)  # hand the freed pages back, or the arms' fragmented heaps add up
+    weights = rows[0]["parameters"]
+    print(f"beside it: the fp32 weights {weights * 4 / MIB:,.0f} MiB, their gradients as much, AdamW's two moments twice that "
+          f"({weights * 16 / MIB:,.0f} MiB in all)")
+    save("activations", {"checkpoint": checkpoint, "length": args.length, "batch_size": args.batch_size,
+                         "precision": "bf16" if precision else "fp32", "arms": rows})
+
+
+if __name__ == "__main__":
+    main()
