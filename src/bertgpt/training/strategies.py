@@ -12,7 +12,6 @@ import types
 from collections.abc import Iterable
 
 import hydra
-import torch
 import torch.utils.checkpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
