@@ -109,6 +109,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess, message: str, logs
         ("data content, found inside trainer.fit", ["data.path={single_class}"], "the data holds only label 1: sentiment needs both classes"),
         ("constructor option", ["+trainer.fooo=1"], "trainer: Trainer.__init__() got an unexpected keyword argument 'fooo'. Fix its spelling or drop it"),
         ("resume checkpoint", ["ckpt_path=last"], "ckpt_path=last: no checkpoint under"),
+        ("a switch Hydra reads as a string", ["activation_checkpointing=no"], "activation_checkpointing=no: give true or false."),
     ],
 )
 def test_train_bad_input_exits_2_with_one_line(family, overrides, message, tiny_bert, workdir, tmp_path):

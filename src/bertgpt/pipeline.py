@@ -97,13 +97,25 @@ def task_results(model, datamodule, output_dir: str | Path) -> dict:
     return extra
 
 
+def switch(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    """`cfg.<key>` as true or false. Hydra reads `key=no` or `key=off` as the string, which would count as true."""
+    value = cfg.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise UserError(f"{key}={value}: give true or false.")
+    return value
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit on train, validate every epoch, test the best checkpoint; returns `cfg.optimized_metric` for sweeps."""
+    compile_net, recompute, fit, test = (switch(cfg, key, default) for key, default in
+                                         (("compile", False), ("activation_checkpointing", False), ("train", True), ("test", True)))
     L.seed_everything(cfg.seed, workers=True)
     resume = resume_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, **datamodule.task_options())  # the labels come from the data
-    if cfg.get("activation_checkpointing"):
+    if recompute:
         if OmegaConf.select(cfg, "trainer.strategy.activation_checkpointing"):
             raise UserError("activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one.")
         log.info("Activation checkpointing: %d Transformer blocks keep only their input and run again in the backward pass.", recompute_blocks(model.net))
@@ -124,11 +136,11 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams({"model": OmegaConf.to_container(cfg.model), "data": OmegaConf.to_container(cfg.data), "trainer": OmegaConf.to_container(cfg.trainer), "seed": cfg.seed, "params/total": total, "params/trainable": trainable})
 
     metrics: dict[str, float] = {"params/total": total, "params/trainable": trainable}
-    if cfg.get("train", True):
+    if fit:
         try:
-            if cfg.get("compile"):
+            if compile_net:
                 model.net.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-            summarise_flops(model, datamodule, trainer, compiled=bool(cfg.get("compile")))
+            summarise_flops(model, datamodule, trainer, compiled=compile_net)
             ensure_writable(*(c.dirpath for c in checkpointers if c.dirpath))  # Lightning's default one has none yet
             with exit_on_signal(trainer):  # SIGTERM / Ctrl-C: checkpoint, resume command, exit 143 / 130
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -136,7 +148,7 @@ def train(cfg: DictConfig) -> float | None:
             last = newest_checkpoint(Path(checkpointers[0].dirpath), "*.ckpt") if checkpointers else None
             raise TrainingDiverged(f"{err} Last good checkpoint: {last or 'none written yet'}.") from None
         metrics.update(scalars(trainer.callback_metrics))
-    if cfg.get("test", True):
+    if test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("No best checkpoint: testing the weights in memory.")
