@@ -29,8 +29,9 @@ from bertgpt.training.strategies import recompute_blocks
 MIB = 2**20
 
 
-def kept_bytes(net: torch.nn.Module, input_ids: torch.Tensor, precision: torch.dtype | None) -> int:
-    """Bytes of the distinct storages autograd keeps for the backward pass of one forward."""
+@contextlib.contextmanager
+def saved_storages():
+    """{data pointer: bytes} of every distinct storage autograd keeps for the backward pass inside the block."""
     storages = {}
 
     def pack(tensor):
@@ -38,8 +39,14 @@ def kept_bytes(net: torch.nn.Module, input_ids: torch.Tensor, precision: torch.d
         storages[storage.data_ptr()] = storage.nbytes()
         return tensor.detach()  # the tensor itself would tie a saved output to its own graph: a cycle never freed
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield storages
+
+
+def kept_bytes(net: torch.nn.Module, input_ids: torch.Tensor, precision: torch.dtype | None) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of one forward."""
     autocast = torch.autocast("cpu", dtype=precision) if precision else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+    with saved_storages() as storages, autocast:
         net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
     parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
     return sum(size for pointer, size in storages.items() if pointer not in parameters)  # fp32 weights: counted below
@@ -53,8 +60,7 @@ def main() -> None:
     parser.add_argument("--attention", nargs="+", choices=["auto", "sdpa"], default=["auto", "sdpa"])
     args = parser.parse_args()
 
-    checkpoint = args.checkpoint
-    precision = torch.bfloat16 if supports_bf16() else None
+    checkpoint, precision = args.checkpoint, torch.bfloat16 if supports_bf16() else None
     torch.manual_seed(0)
     input_ids = torch.randint(1000, 2000, (args.batch_size, args.length))
     rows = []

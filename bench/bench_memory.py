@@ -95,11 +95,11 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
     results = {}
     for arm in args.arms:
-        limit = ["callbacks.freed_memory_limit.fraction=1"] if arm != "limit" else (
+        arm_overrides = ["callbacks.freed_memory_limit.fraction=1"] if arm != "limit" else (
             [f"callbacks.freed_memory_limit.fraction={fraction}"] if fraction else [])
         if arm == "recompute":
-            limit.append("activation_checkpointing=true")
-        overrides = [*shlex.split(args.recipe), *length, *limit, "test=false", "logger=csv",
+            arm_overrides.append("activation_checkpointing=true")
+        overrides = [*shlex.split(args.recipe), *length, *arm_overrides, "test=false", "logger=csv",
                      "+callbacks.heap_probe._target_=bench_memory.HeapProbe", f"+callbacks.heap_probe.path={out / arm / 'heap.jsonl'}",
                      f"+callbacks.heap_probe.every={args.every}"]
         run = run_train(arm, overrides, out, ("train/samples_per_sec", "train/peak_memory_mb", "train/loss", "val/acc"))

@@ -7,6 +7,7 @@ import platform
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bench_script
 
 from bertgpt.errors import UserError
 from bertgpt.models.attention import count_cpu_flash_flops, matmul_attention, scaled_dot_product_attention
@@ -51,8 +52,7 @@ def test_matmul_attention_matches_sdpa(case):
 
 def test_grouped_query_heads_keep_one_copy_of_keys_and_values_for_the_backward():
     q, k, v = qkv(nh=6, nkv=2)
-    kept = {}  # storage -> bytes, of every tensor autograd keeps for the backward
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()}) or t, lambda t: t):
+    with bench_script("bench_activations").saved_storages() as kept:  # storage -> bytes, of what autograd keeps
         matmul_attention(q, k, v, is_causal=True, enable_gqa=True)
     assert {k.untyped_storage().data_ptr(), v.untyped_storage().data_ptr()} <= kept.keys()  # k and v themselves
     probabilities, causal_mask = 3 * 6 * 9 * 9 * 8, 9 * 9  # float64 (B, nh, T, S), bool (T, S)

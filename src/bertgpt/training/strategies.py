@@ -44,6 +44,12 @@ def block_classes(names: Iterable[str] = BLOCKS) -> set[type[nn.Module]]:
     return classes
 
 
+def blocks_of(module: nn.Module, blocks: Iterable[str] = BLOCKS) -> list[nn.Module]:
+    """The Transformer blocks inside `module`, in module order: what sharding and recomputing act on one by one."""
+    classes = tuple(block_classes(blocks))
+    return [m for m in module.modules() if isinstance(m, classes)]
+
+
 def fsdp(blocks: Iterable[str] = BLOCKS, activation_checkpointing: bool = False, **kwargs):
     """Lightning's FSDPStrategy with one FSDP unit per Transformer block, and optionally activation checkpointing
     of each block (its activations recomputed in the backward pass: less memory, ~1/3 more compute)."""
@@ -59,10 +65,10 @@ def recompute_blocks(module: nn.Module, blocks: Iterable[str] = BLOCKS) -> int:
     Each block's own `forward` goes through `torch.utils.checkpoint`, so names do not change: checkpoints, and
     the sharded strategies that load them by parameter name, see the plain model. torch's `checkpoint_wrapper`
     adds a module level to every name; its hooks-based `checkpoint` does not compose with torch.compile."""
-    classes = tuple(block_classes(blocks))
-    found = [m for m in module.modules() if isinstance(m, classes)]
+    found = blocks_of(module, blocks)
     if not found:
-        raise UserError(f"activation_checkpointing=true: {type(module).__name__} has none of the Transformer blocks it recomputes ({', '.join(sorted(c.__name__ for c in classes))}).")
+        names = ", ".join(sorted(c.__name__ for c in block_classes(blocks)))
+        raise UserError(f"activation_checkpointing=true: {type(module).__name__} has none of the Transformer blocks it recomputes ({names}).")
     for block in found:
         block.forward = types.MethodType(recomputed_forward, block)  # bound to the block, so a deepcopy rebinds it
     return len(found)
@@ -107,7 +113,6 @@ def shard_blocks(module: nn.Module, mesh, blocks: Iterable[str] = BLOCKS) -> nn.
 
     if isinstance(module, FSDPModule):
         return module
-    classes = tuple(block_classes(blocks))
-    for block in [m for m in module.modules() if isinstance(m, classes)]:
+    for block in blocks_of(module, blocks):
         fully_shard(block, mesh=mesh)
     return fully_shard(module, mesh=mesh)
