@@ -59,6 +59,19 @@ def test_grouped_query_heads_keep_one_copy_of_keys_and_values_for_the_backward()
     assert sum(kept.values()) == q.numel() * 8 + k.numel() * 8 + v.numel() * 8 + probabilities + causal_mask
 
 
+@pytest.mark.parametrize(("model", "causal"), [("tiny_bert", False), ("tiny_chat", True)])
+def test_one_attention_call_at_a_models_shape_keeps_the_probabilities_on_the_matmul_path_only(model, causal, request):
+    from bertgpt.models.library import build
+
+    net = build(request.getfixturevalue(model), pretrained=False)
+    B, T, heads = 2, 64, net.config.num_attention_heads
+    kv_heads, head_size = getattr(net.config, "num_key_value_heads", None) or heads, net.config.hidden_size // heads
+    kept = bench_script("bench_activations").attention_call_bytes(net, B, T, torch.float32)
+    q, k_and_v, probabilities = B * heads * T * head_size * 4, 2 * B * kv_heads * T * head_size * 4, B * heads * T * T * 4
+    assert kept["matmul"] == q + k_and_v + probabilities + (T * T if causal else 0)  # a decoder's (T, T) bool mask
+    assert kept["sdpa"] < kept["matmul"] - probabilities / 2
+
+
 def test_grouped_query_heads_match_sdpa():
     y, grads = outputs_and_grads(matmul_attention, *qkv(nh=6, nkv=2), is_causal=True, enable_gqa=True)
     y_ref, grads_ref = outputs_and_grads(F.scaled_dot_product_attention, *qkv(nh=6, nkv=2), is_causal=True, enable_gqa=True)
