@@ -4,9 +4,12 @@ Transformer block recomputed in the backward pass.
     python bench/bench_memory.py [--steps 240] [--limit-gib 7.5] [--arms kept limit] [--recipe "experiment=best"]
     python bench/bench_memory.py --epochs 1 --limit-gib 11 --arms limit   # the recipe's schedule, stopped after epoch 1
     python bench/bench_memory.py --arms kept recompute --steps 30 --recipe "model=gpt data.max_length=512 data.truncation=head_tail data.batch_size=16"
+    python bench/bench_memory.py --arms kept --allocators mimalloc glibc   # the commands' allocator against glibc's malloc
 
 Trains `src/train.py <recipe>` once per arm, each in a process of its own, and reads every `--every` steps the
-process's resident set and glibc's heap (mallinfo2: its size, the bytes in use, the freed bytes it keeps):
+process's resident set and, under glibc's malloc, its heap (mallinfo2: its size, the bytes in use, the freed bytes it
+keeps). Each arm runs under each of `--allocators` (BERTGPT_ALLOCATOR; by default the commands' own, mimalloc where
+installed):
 - kept: freed memory kept the whole run (`callbacks.freed_memory_limit.fraction=1`);
 - limit: `FreedMemoryLimit` handing it back past `--limit-gib` (default: its default share of this machine);
 - recompute: freed memory kept, and `activation_checkpointing=true` (each block keeps only its input).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import os
 import shlex
@@ -47,6 +51,7 @@ class HeapProbe(L.Callback):
         self.libc = host.glibc()
         if self.libc is not None:
             self.libc.mallinfo2.restype = MallInfo2
+        self.glibc_heap = self.libc is not None and host.allocator() == "glibc"  # another allocator's heap is not glibc's
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +63,7 @@ class HeapProbe(L.Callback):
             return
         row = {"step": step, "s": round(time.perf_counter() - self.start, 1), "width": int(batch["input_ids"].shape[1]),
                "resident_gib": round(host.resident_bytes() / 2**30, 2), "kept": host.freed_memory_kept()}
-        if self.libc is not None:
+        if self.glibc_heap:
             heap = self.libc.mallinfo2()
             row |= {"heap_gib": round((heap.arena + heap.hblkhd) / 2**30, 2), "in_use_gib": round((heap.uordblks + heap.hblkhd) / 2**30, 2),
                     "freed_kept_gib": round(heap.fordblks / 2**30, 2)}
@@ -81,6 +86,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="the recipe as it is, stopped after this many epochs (instead of --steps)")
     parser.add_argument("--limit-gib", type=float, help="the limit arm's resident GiB (default: FreedMemoryLimit's default share)")
     parser.add_argument("--every", type=int, default=10, help="steps between two readings")
+    parser.add_argument("--allocators", nargs="+", choices=["mimalloc", "glibc"],
+                        default=["mimalloc" if host.mimalloc_library() else "glibc"], help="BERTGPT_ALLOCATOR of each run")
     args = parser.parse_args()
 
     available = host.memory_limit_bytes()
@@ -94,27 +101,31 @@ def main() -> None:
     out = ROOT / "logs" / "bench-memory" / time.strftime("%Y-%m-%d_%H-%M-%S")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
     results = {}
-    for arm in args.arms:
+    for arm, allocator in itertools.product(args.arms, args.allocators):
+        os.environ[host.ALLOCATOR_CHOICE] = allocator
+        name = arm if len(args.allocators) == 1 else f"{arm}-{allocator}"
         arm_overrides = ["callbacks.freed_memory_limit.fraction=1"] if arm != "limit" else (
             [f"callbacks.freed_memory_limit.fraction={fraction}"] if fraction else [])
         if arm == "recompute":
             arm_overrides.append("activation_checkpointing=true")
         overrides = [*shlex.split(args.recipe), *length, *arm_overrides, "test=false", "logger=csv",
-                     "+callbacks.heap_probe._target_=bench_memory.HeapProbe", f"+callbacks.heap_probe.path={out / arm / 'heap.jsonl'}",
+                     "+callbacks.heap_probe._target_=bench_memory.HeapProbe", f"+callbacks.heap_probe.path={out / name / 'heap.jsonl'}",
                      f"+callbacks.heap_probe.every={args.every}"]
-        run = run_train(arm, overrides, out, ("train/samples_per_sec", "train/peak_memory_mb", "train/loss", "val/acc"))
-        rows = [json.loads(line) for line in (out / arm / "heap.jsonl").read_text().splitlines()]
+        print(f"{name}: BERTGPT_ALLOCATOR={allocator}", flush=True)
+        run = run_train(name, overrides, out, ("train/samples_per_sec", "train/peak_memory_mb", "train/loss", "val/acc"))
+        rows = [json.loads(line) for line in (out / name / "heap.jsonl").read_text().splitlines()]
         handed_back = next((row["step"] for row in rows if not row["kept"]), None)
-        results[arm] = {**run, "handed_back_by_step": handed_back, "heap": rows}
-        print(f"{arm}: peak resident {run['train/peak_memory_mb'] / 2**10:.1f} GiB, heap at the end {rows[-1].get('heap_gib')} GiB "
-              f"({rows[-1].get('freed_kept_gib')} GiB of it freed and kept), {run['train/samples_per_sec']:.1f} samples/s, "
+        results[name] = {**run, "allocator": allocator, "handed_back_by_step": handed_back, "heap": rows}
+        heap = (f", glibc's heap at the end {rows[-1]['heap_gib']} GiB ({rows[-1]['freed_kept_gib']} GiB of it freed and kept)"
+                if "heap_gib" in rows[-1] else "")
+        print(f"{name}: peak resident {run['train/peak_memory_mb'] / 2**10:.1f} GiB{heap}, {run['train/samples_per_sec']:.1f} samples/s, "
               f"last loss {run['train/loss']:.4f}, val/acc {run['val/acc']:.4f}" + (f"; handed back by step {handed_back}" if handed_back else ""))
         for row in rows:
             print("   ", "  ".join(f"{k} {v}" for k, v in row.items()))
     first, *others = results
-    for arm in others:
-        peak, speed = (results[arm][key] / results[first][key] for key in ("train/peak_memory_mb", "train/samples_per_sec"))
-        print(f"{arm} against {first}: {peak:.2f}x the peak resident memory at {speed:.2f}x the samples/s")
+    for name in others:
+        peak, speed = (results[name][key] / results[first][key] for key in ("train/peak_memory_mb", "train/samples_per_sec"))
+        print(f"{name} against {first}: {peak:.2f}x the peak resident memory at {speed:.2f}x the samples/s")
     save("memory", {"recipe": args.recipe, "steps": None if args.epochs else args.steps, "epochs": args.epochs,
                     "limit_gib": args.limit_gib, "memory_gib": round(available / 2**30, 1), "arms": results})
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 from conftest import compose_train
 
@@ -101,7 +104,6 @@ print(json.dumps(dict(kept=kept, after_free=after_free, after_return=host.reside
 def test_kept_freed_memory_stays_resident_until_it_is_handed_back():
     """Under keep_freed_memory a freed 512 MB block stays in the process (the next step reuses its pages);
     return_freed_memory gives it back to the system at once, and only once."""
-    import json
     import subprocess
     import sys
 
@@ -109,6 +111,43 @@ def test_kept_freed_memory_stays_resident_until_it_is_handed_back():
     result = json.loads(out)
     assert result["kept"] and result["returned"] and not result["still_kept"] and not result["again"]
     assert result["after_free"] - result["after_return"] > 400 * 2**20, result
+
+
+KEPT_UNDER_MIMALLOC = """
+import ctypes, json, time
+from bertgpt import host
+malloc = host.mimalloc()
+malloc.malloc.restype, malloc.malloc.argtypes, malloc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def resident_after_a_step():
+    block = malloc.malloc(512 * 2**20)
+    ctypes.memset(block, 1, 512 * 2**20)
+    malloc.free(block)
+    time.sleep(1.5)  # past mimalloc's purge delay (1 s)
+    malloc.mi_collect(ctypes.c_bool(False))
+    return host.resident_bytes()
+delay = malloc.mi_option_get(host.MI_OPTION_PURGE_DELAY)
+kept = host.keep_freed_memory()
+while_kept = resident_after_a_step()
+returned = host.return_freed_memory()
+print(json.dumps(dict(allocator=host.allocator(), kept=kept, while_kept=while_kept, returned=returned, after_return=resident_after_a_step(),
+                      delay_restored=malloc.mi_option_get(host.MI_OPTION_PURGE_DELAY) == delay > 0)))
+"""
+
+
+def test_the_allocator_is_glibcs_unless_another_is_preloaded():
+    import subprocess
+    import sys
+
+    from bertgpt import host
+
+    assert host.allocator() == "glibc" if glibc() is not None else host.allocator() == "unknown"
+    if host.mimalloc_library() is None:
+        pytest.skip("mimalloc is installed on Linux only")
+    env = {**os.environ, "LD_PRELOAD": str(host.mimalloc_library())}
+    out = subprocess.run([sys.executable, "-c", KEPT_UNDER_MIMALLOC], capture_output=True, text=True, check=True, env=env).stdout
+    result = json.loads(out)
+    assert result["allocator"] == "mimalloc" and result["kept"] and result["returned"] and result["delay_restored"], result
+    assert result["while_kept"] - result["after_return"] > 400 * 2**20, result  # freed pages stay, then go back after the delay
 
 
 def test_the_memory_limit_is_the_machines_or_its_containers(tmp_path):

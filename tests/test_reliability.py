@@ -31,6 +31,7 @@ from conftest import (
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bertgpt import host
 from bertgpt.data.base import ResumableSampler
 from bertgpt.data.reviews import IMDBDataModule, load_corpus
 from bertgpt.errors import UserError
@@ -118,6 +119,14 @@ def test_train_bad_input_exits_2_with_one_line(family, overrides, message, tiny_
     overrides = [o.format(single_class=single_class) for o in overrides]
     result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs, *overrides))
     assert_clean_failure(result, message, logs)
+
+
+def test_an_unknown_allocator_exits_2_before_anything_runs(tiny_bert, workdir, tmp_path):
+    """BERTGPT_ALLOCATOR is read as the command starts, in a process of its own (in the tests' process no command
+    re-runs itself)."""
+    logs = tmp_path / "logs"
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs), env={"BERTGPT_ALLOCATOR": "jemalloc"}, subprocess_=True)
+    assert_clean_failure(result, "error: BERTGPT_ALLOCATOR=jemalloc: choose mimalloc (the default) or glibc", logs)
 
 
 def test_hydra_full_error_shows_the_traceback(tiny_bert, workdir, tmp_path):
@@ -323,10 +332,15 @@ def test_sigkill_then_resume_last_matches_an_uninterrupted_run(stall, at, resume
 
 
 @pytest.mark.slow
-def test_same_seed_gives_identical_metrics_and_curves(reference, tiny_bert, workdir):
-    logs = workdir / "again"
-    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs))
+@pytest.mark.parametrize("process", ["this one", "its own"])
+def test_same_seed_gives_identical_metrics_and_curves(process, reference, tiny_bert, workdir):
+    """Run again here, or as a command in a process of its own, which puts mimalloc in front of glibc's malloc
+    where it is installed (`host.rerun_under_mimalloc`): the allocator changes where tensors live, not a result."""
+    logs = workdir / f"again in {process}"
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs), subprocess_=process == "its own")
     assert result.returncode == 0, result.stderr[-3000:]
+    allocator = "mimalloc" if process == "its own" and host.mimalloc_library() else "glibc"
+    assert f"Allocator {allocator}: freed memory kept for the next step" in (only_run(logs) / "train.log").read_text()
     first, second = metrics_of(reference), metrics_of(only_run(logs))
     timing = {"train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "train/peak_memory_mb", "best_checkpoint"}
     assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt import ROOT
-from bertgpt.errors import UserError
+from bertgpt.errors import UserError, fail
 from bertgpt.host import best_precision, keep_freed_memory
 
 OmegaConf.register_new_resolver("best_precision", best_precision, replace=True)
@@ -60,11 +59,6 @@ def exit_on_user_error(run: Callable[[], object], cleanup: Callable[[], None] | 
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(str(cause))
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def cli(task: Callable[[DictConfig], object]):

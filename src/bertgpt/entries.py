@@ -6,17 +6,34 @@ both run these, so the two behave the same: one config folder, one error policy 
     bertgpt-pretrain   bertgpt-compare   bertgpt-attention-maps   bertgpt-probe checkpoint=... task=pos   bertgpt-prompt
 
 The configs come from the checkout's conf/ by absolute path: the scripts work from any folder. Each command
-imports what it runs only when it runs, so one command does not pay for the imports of another.
+imports what it runs only when it runs, so one command does not pay for the imports of another. Each runs with
+mimalloc as its allocator where it is installed (`host.rerun_under_mimalloc`; BERTGPT_ALLOCATOR=glibc keeps glibc's).
 """
 
 import functools
 import sys
 from pathlib import Path
 
-import hydra
+from bertgpt import ROOT, host
+from bertgpt.errors import UserError, fail
 
-from bertgpt import ROOT
-from bertgpt.cli import cli, fail, verbatim_text_argument
+
+def started_as_a_command() -> bool:
+    """Whether this process was started to run one of the commands (python src/<name>.py, bertgpt-<name>), rather
+    than by other code that imports them (the tests run the scripts in their own process)."""
+    script = Path(sys.argv[0])
+    return sys.orig_argv[-len(sys.argv):] == sys.argv and (script.resolve().parent == ROOT / "src" or script.name.startswith("bertgpt-"))
+
+
+if started_as_a_command():  # before the imports below, which take seconds: the exec would pay for them twice
+    try:
+        host.rerun_under_mimalloc()
+    except UserError as err:
+        fail(str(err))
+
+import hydra  # noqa: E402
+
+from bertgpt.cli import cli, verbatim_text_argument  # noqa: E402
 
 CONF = str(ROOT / "conf")
 

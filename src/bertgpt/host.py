@@ -8,6 +8,8 @@ import platform
 import sys
 from pathlib import Path
 
+from bertgpt.errors import UserError
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
 # glibc's own settings once its dynamic threshold has risen to its ceiling: blocks over 32 MB mapped afresh, the
 # heap trimmed past twice that (mallopt fixes the threshold, so it is set to where glibc would let it rise)
@@ -25,26 +27,104 @@ def glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+class DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p), ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def malloc_library() -> str | None:
+    """The file name of the library whose `malloc` this process calls: glibc's libc.so.6, or an allocator put in
+    front of it with LD_PRELOAD (libmimalloc.so.3, libtcmalloc_minimal.so.4, ...). None where it cannot be told."""
+    libc = glibc()
+    if libc is None or not hasattr(libc, "dladdr"):
+        return None
+    info = DlInfo()
+    if not libc.dladdr(ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p), ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return Path(os.fsdecode(info.dli_fname)).name
+
+
+def allocator() -> str:
+    """glibc, mimalloc, or the file name of another preloaded allocator ("unknown" where it cannot be told)."""
+    library = malloc_library() or "unknown"
+    return "glibc" if library.startswith("libc.") else "mimalloc" if library.startswith("libmimalloc") else library
+
+
+def mimalloc_library() -> Path | None:
+    """mimalloc's shared library as the cmeel-mimalloc wheel installs it (a dependency on Linux), or None."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("cmeel-mimalloc") or []
+    except metadata.PackageNotFoundError:
+        return None
+    found = sorted((f for f in files if f.name.startswith("libmimalloc.so")), key=lambda f: len(f.name))
+    return Path(found[0].locate()) if found else None
+
+
+ALLOCATOR_CHOICE = "BERTGPT_ALLOCATOR"  # mimalloc (the default, where installed) or glibc
+
+
+def commands_allocator() -> str:
+    """The allocator a command started from this process's environment runs under (`rerun_under_mimalloc`)."""
+    return "mimalloc" if os.environ.get(ALLOCATOR_CHOICE, "mimalloc") == "mimalloc" and mimalloc_library() else "glibc"
+
+
+def rerun_under_mimalloc() -> None:
+    """Runs this process's command again in its place (exec: the same process id) with mimalloc preloaded, so that
+    every allocation, torch's tensors included, comes from mimalloc instead of glibc's malloc.
+
+    Why: kept for the next step (`keep_freed_memory`), glibc's heap fragments under batches of changing widths and
+    only grows (8.4 GiB after `experiment=best`'s first 80 steps); mimalloc serves the same steps at the same speed in
+    far less (docs/performance.md, "The allocator"). An allocator can only replace malloc before the process starts,
+    hence the exec. Nothing happens where mimalloc is not installed (not Linux), where it already serves this
+    process, or with BERTGPT_ALLOCATOR=glibc."""
+    choice = os.environ.get(ALLOCATOR_CHOICE, "mimalloc")
+    if choice not in ("mimalloc", "glibc"):
+        raise UserError(f"{ALLOCATOR_CHOICE}={choice}: choose mimalloc (the default) or glibc (the C library's own malloc).")
+    if choice == "glibc" or allocator() != "glibc":
+        return
+    library = mimalloc_library()
+    if library is None:
+        if ALLOCATOR_CHOICE in os.environ:
+            raise UserError(f"{ALLOCATOR_CHOICE}=mimalloc, but mimalloc is not installed here: pip install cmeel-mimalloc "
+                            f"(Linux), or {ALLOCATOR_CHOICE}=glibc.")
+        return
+    preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "LD_PRELOAD": preload})
+
+
 _freed_memory_kept = False
+MI_OPTION_PURGE_DELAY = 15  # mimalloc.h's mi_option_purge_delay: ms from a free to handing the pages back, -1 never
+_mimalloc_purge_delay = None  # mimalloc's own, while keep_freed_memory has turned it off
+
+
+def mimalloc() -> ctypes.CDLL:
+    """The preloaded mimalloc's functions (they come first in the process's global symbols)."""
+    library = ctypes.CDLL(None)
+    library.mi_option_get.restype = ctypes.c_long
+    return library
 
 
 def keep_freed_memory() -> bool:
-    """Serve every allocation from glibc's heap and keep what is freed there for the next step to reuse.
+    """Keep what is freed in the process for the next step to reuse, instead of handing it back to the system.
 
     By default glibc maps each allocation over 32 MB afresh with mmap and returns it to the system when it
     is freed, so the next training step's tensor of the same size pays a page fault for every 4 KB page of it:
     the embedding gradient (47 MB for BERT's vocabulary) every step, and from 224 tokens on every attention
-    score matrix. PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for this; two mallopt calls do it
-    without a dependency. Memory a run has used stays reserved to it until it exits, or until
-    `return_freed_memory`: batches of changing widths fragment the heap, which then only grows
-    (`training.callbacks.FreedMemoryLimit` bounds it). Returns False (and changes nothing) where the C library
-    is not glibc.
+    score matrix. Two mallopt calls serve every allocation from glibc's heap and never trim it; under mimalloc
+    (`rerun_under_mimalloc`) its purge delay, after which it hands freed pages back (1 s in mimalloc 3), is turned off.
+    Memory a run has used stays reserved to it until it exits, or until `return_freed_memory`
+    (`training.callbacks.FreedMemoryLimit`): batches of changing widths fragment glibc's heap, which then only grows.
+    Returns False (and changes nothing) under any other allocator.
     """
-    global _freed_memory_kept
-    libc = glibc()
-    if libc is None:
-        return False
-    _freed_memory_kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    global _freed_memory_kept, _mimalloc_purge_delay
+    libc, kind = glibc(), allocator()
+    if kind == "glibc" and libc is not None:
+        _freed_memory_kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    elif kind == "mimalloc" and not _freed_memory_kept:
+        _mimalloc_purge_delay = mimalloc().mi_option_get(MI_OPTION_PURGE_DELAY)
+        mimalloc().mi_option_set(MI_OPTION_PURGE_DELAY, ctypes.c_long(-1))
+        _freed_memory_kept = True
     return _freed_memory_kept
 
 
@@ -54,16 +134,21 @@ def freed_memory_kept() -> bool:
 
 
 def return_freed_memory() -> bool:
-    """Undo `keep_freed_memory`: glibc's settings back, and the free pages its heap holds handed back to the
-    system now (malloc_trim). Returns False (and changes nothing) where the freed memory was not being kept."""
+    """Undo `keep_freed_memory`: the allocator's own settings back, and the free pages it holds handed back to the
+    system: glibc's now (malloc_trim); mimalloc's once they are next freed, after its purge delay (pages freed while
+    it was off were never scheduled for return, and a forced collect does not return them: they go back as the next
+    steps reuse and free them). Returns False (and changes nothing) where the freed memory was not being kept."""
     global _freed_memory_kept
-    libc = glibc()
-    if libc is None or not _freed_memory_kept:
+    if not _freed_memory_kept:
         return False
-    libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
-    libc.mallopt(M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD)
-    libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-    libc.malloc_trim(0)
+    if allocator() == "mimalloc":
+        mimalloc().mi_option_set(MI_OPTION_PURGE_DELAY, ctypes.c_long(_mimalloc_purge_delay))
+    else:
+        libc = glibc()
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD)
+        libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+        libc.malloc_trim(0)
     _freed_memory_kept = False
     return True
 
@@ -202,6 +287,7 @@ def machine() -> dict:
     caps = " ".join(f"{name}={value}" for name, value in isa_caps().items())
     return {
         "cpu": cpu_name(), "cpu_kind": cpu_kind() + (f" under {caps}" if caps else ""),
+        "allocator": allocator(), "commands_allocator": commands_allocator(),  # this process's; src/*.py's (rerun_under_mimalloc)
         "cpu_flags": sorted(set(SPEED_FLAGS) & (cpu_flags() or set())), "torch_kernels": torch_kernels(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "precision": best_precision(),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
