@@ -76,3 +76,19 @@ def test_console_train_from_another_folder_writes_the_same_run(tiny_bert, workdi
     assert saved.hydra.job.name == "train"  # the command's name, as src/train.py's was, not "entries"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bertgpt-train", "logs"]  # nothing written to the cwd
+
+
+@pytest.mark.parametrize(("orig_argv", "argv", "command"), [
+    (["python", str(ROOT / "src" / "train.py"), "model=gpt"], [str(ROOT / "src" / "train.py"), "model=gpt"], "train"),
+    (["python", "-X", "importtime", "/venv/bin/bertgpt-attention-maps", "text=x"], ["/venv/bin/bertgpt-attention-maps", "text=x"], "attention_maps"),
+    (["python", "-m", "pytest", "tests"], [str(ROOT / "src" / "train.py"), "model=gpt"], None),  # a test running the script in its process
+    (["python", "my_script.py"], ["my_script.py"], None),  # other code importing the commands
+])
+def test_only_a_process_started_as_a_command_may_rerun_itself(orig_argv, argv, command, monkeypatch):
+    """`entries` re-runs such a process under mimalloc (`host.rerun_under_mimalloc`): a test's or a user's own
+    process must never be replaced."""
+    from bertgpt import entries
+
+    monkeypatch.setattr(entries.sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(entries.sys, "argv", argv)
+    assert entries.started_as() == command

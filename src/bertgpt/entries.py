@@ -7,7 +7,8 @@ both run these, so the two behave the same: one config folder, one error policy 
 
 The configs come from the checkout's conf/ by absolute path: the scripts work from any folder. Each command
 imports what it runs only when it runs, so one command does not pay for the imports of another. Each runs with
-mimalloc as its allocator where it is installed (`host.rerun_under_mimalloc`; BERTGPT_ALLOCATOR=glibc keeps glibc's).
+mimalloc as its allocator where it is installed (`host.rerun_under_mimalloc`; BERTGPT_ALLOCATOR=glibc keeps glibc's),
+predict excepted.
 """
 
 import functools
@@ -18,14 +19,20 @@ from bertgpt import ROOT, host
 from bertgpt.errors import UserError, fail
 
 
-def started_as_a_command() -> bool:
-    """Whether this process was started to run one of the commands (python src/<name>.py, bertgpt-<name>), rather
-    than by other code that imports them (the tests run the scripts in their own process)."""
+def started_as() -> str | None:
+    """The command this process was started to run ("train" for python src/train.py and bertgpt-train), or None
+    where other code imports the commands (the tests run the scripts in their own process)."""
     script = Path(sys.argv[0])
-    return sys.orig_argv[-len(sys.argv):] == sys.argv and (script.resolve().parent == ROOT / "src" or script.name.startswith("bertgpt-"))
+    if sys.orig_argv[-len(sys.argv):] != sys.argv:
+        return None
+    if script.resolve().parent == ROOT / "src":
+        return script.stem
+    return script.name.removeprefix("bertgpt-").replace("-", "_") if script.name.startswith("bertgpt-") else None
 
 
-if started_as_a_command():  # before the imports below, which take seconds: the exec would pay for them twice
+# Before the imports below, which take seconds: the exec would pay for them twice. A one-sentence predict is mostly
+# start-up, and mimalloc's made it slower (docs/performance.md, "The allocator"): it keeps glibc's malloc.
+if started_as() not in (None, "predict"):
     try:
         host.rerun_under_mimalloc()
     except UserError as err:
