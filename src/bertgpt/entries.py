@@ -22,9 +22,9 @@ from bertgpt.errors import UserError, fail
 def started_as() -> str | None:
     """The command this process was started to run ("train" for python src/train.py and bertgpt-train), or None
     where other code imports the commands (the tests run the scripts in their own process)."""
-    script = Path(sys.argv[0])
-    if sys.orig_argv[-len(sys.argv):] != sys.argv:
+    if not sys.argv or sys.orig_argv[-len(sys.argv):] != sys.argv:
         return None
+    script = Path(sys.argv[0])
     if script.resolve().parent == ROOT / "src":
         return script.stem
     return script.name.removeprefix("bertgpt-").replace("-", "_") if script.name.startswith("bertgpt-") else None

@@ -74,8 +74,8 @@ def rerun_under_mimalloc() -> None:
     every allocation, torch's tensors included, comes from mimalloc instead of glibc's malloc.
 
     Why: kept for the next step (`keep_freed_memory`), glibc's heap fragments under batches of changing widths and
-    only grows (8.4 GiB after `experiment=best`'s first 80 steps); mimalloc serves the same steps at the same speed in
-    far less (docs/performance.md, "The allocator"). An allocator can only replace malloc before the process starts,
+    only grows; mimalloc's stops growing, at the same speed (docs/performance.md, "The allocator": half the peak over
+    `experiment=best`'s first 240 steps). An allocator can only replace malloc before the process starts,
     hence the exec. Nothing happens where mimalloc is not installed (not Linux), where it already serves this
     process, or with BERTGPT_ALLOCATOR=glibc."""
     choice = os.environ.get(ALLOCATOR_CHOICE, "mimalloc")
