@@ -124,7 +124,7 @@ bench-long: $(STAMP)  ## time to 88%, 90% and 91% held-out accuracy with model=b
 bench-best: $(STAMP)  ## experiment=best (512 tokens head+tail, 3 epochs) over seeds, with a bootstrap interval; e.g. ARGS="--seeds 2024" on a CPU (~1 h on the Zen 5, 1.6 h on the Zen 4)
 	$(PY) bench/bench_accuracy.py $(ARGS)
 
-bench-memory: $(STAMP)  ## what a step keeps for its backward pass (1 min); a long CPU run's heap step by step: freed memory kept vs handed back past a limit (240 steps of experiment=best an arm, ~10 min each on the Zen 4 EPYC)
+bench-memory: $(STAMP)  ## what a step keeps for its backward pass (1 min); a long CPU run's heap step by step: freed memory kept vs handed back past a limit; ARGS="--arms kept --allocators mimalloc glibc" compares the allocators (240 steps of experiment=best an arm, ~10 min each on the Zen 4 EPYC)
 	$(PY) bench/bench_activations.py
 	$(PY) bench/bench_memory.py $(ARGS)
 
