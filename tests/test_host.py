@@ -165,3 +165,30 @@ def test_the_memory_limit_is_the_machines_or_its_containers(tmp_path):
     (cgroup / "memory" / "memory.limit_in_bytes").write_text(f"{4 * 2**30}\n")  # cgroup v1
     assert memory_limit_bytes(meminfo, cgroup) == 4 * 2**30
     assert memory_limit_bytes(tmp_path / "absent", tmp_path / "none") is None
+
+
+@pytest.mark.parametrize(("situation", "execs"), [("glibc serving", True), ("BERTGPT_ALLOCATOR=glibc", False),
+                                                  ("mimalloc serving", False), ("a space in its path", False)])
+def test_rerun_under_mimalloc_execs_the_same_command_with_mimalloc_in_front(situation, execs, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from bertgpt import host
+
+    calls = []
+    monkeypatch.setattr(host.os, "execve", lambda *args: calls.append(args))
+    library = Path("/venv/site-packages/cmeel.prefix/lib/libmimalloc.so" if situation != "a space in its path" else "/my venv/libmimalloc.so")
+    monkeypatch.setattr(host, "mimalloc_library", lambda: library)
+    monkeypatch.setattr(host, "allocator", lambda: "mimalloc" if situation == "mimalloc serving" else "glibc")
+    monkeypatch.setattr(host.sys, "orig_argv", ["python", "-X", "importtime", "src/train.py", "model=gpt"])
+    monkeypatch.setenv("LD_PRELOAD", "/other.so")
+    if situation == "BERTGPT_ALLOCATOR=glibc":
+        monkeypatch.setenv("BERTGPT_ALLOCATOR", "glibc")
+    else:
+        monkeypatch.delenv("BERTGPT_ALLOCATOR", raising=False)
+    host.rerun_under_mimalloc()
+    assert len(calls) == execs
+    if execs:
+        executable, argv, env = calls[0]
+        assert executable == sys.executable and argv == [sys.executable, "-X", "importtime", "src/train.py", "model=gpt"]  # its flags kept
+        assert env["LD_PRELOAD"] == f"{library} /other.so"

@@ -77,17 +77,17 @@ def rerun_under_mimalloc() -> None:
     only grows; mimalloc's stops growing, at the same speed (docs/performance.md, "The allocator": half the peak over
     `experiment=best`'s first 240 steps). An allocator can only replace malloc before the process starts,
     hence the exec. Nothing happens where mimalloc is not installed (not Linux), where it already serves this
-    process, or with BERTGPT_ALLOCATOR=glibc."""
+    process, where its path holds a space or a colon (LD_PRELOAD's separators), or with BERTGPT_ALLOCATOR=glibc."""
     choice = os.environ.get(ALLOCATOR_CHOICE, "mimalloc")
     if choice not in ("mimalloc", "glibc"):
         raise UserError(f"{ALLOCATOR_CHOICE}={choice}: choose mimalloc (the default) or glibc (the C library's own malloc).")
     if choice == "glibc" or allocator() != "glibc":
         return
     library = mimalloc_library()
-    if library is None:
+    if library is None or any(c in str(library) for c in " :"):
         if ALLOCATOR_CHOICE in os.environ:
-            raise UserError(f"{ALLOCATOR_CHOICE}=mimalloc, but mimalloc is not installed here: pip install cmeel-mimalloc "
-                            f"(Linux), or {ALLOCATOR_CHOICE}=glibc.")
+            raise UserError(f"{ALLOCATOR_CHOICE}=mimalloc, but mimalloc cannot be preloaded here ({library or 'not installed'}): "
+                            f"pip install cmeel-mimalloc (Linux) in a folder without spaces, or {ALLOCATOR_CHOICE}=glibc.")
         return
     preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "LD_PRELOAD": preload})
