@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--limit-gib", type=float, help="the limit arm's resident GiB (default: FreedMemoryLimit's default share)")
     parser.add_argument("--every", type=int, default=10, help="steps between two readings")
     parser.add_argument("--allocators", nargs="+", choices=["mimalloc", "glibc"],
-                        default=["mimalloc" if host.mimalloc_library() else "glibc"], help="BERTGPT_ALLOCATOR of each run")
+                        default=[host.commands_allocator()], help="BERTGPT_ALLOCATOR of each run")
     args = parser.parse_args()
 
     available = host.memory_limit_bytes()

@@ -339,7 +339,7 @@ def test_same_seed_gives_identical_metrics_and_curves(process, reference, tiny_b
     logs = workdir / f"again in {process}"
     result = run_script("train", *tiny_overrides(tiny_bert, workdir, logs), subprocess_=process == "its own")
     assert result.returncode == 0, result.stderr[-3000:]
-    allocator = "mimalloc" if process == "its own" and host.mimalloc_library() else "glibc"
+    allocator = host.commands_allocator() if process == "its own" else "glibc"
     assert f"Allocator {allocator}: freed memory kept for the next step" in (only_run(logs) / "train.log").read_text()
     first, second = metrics_of(reference), metrics_of(only_run(logs))
     timing = {"train/epoch_time_s", "train/samples_per_sec", "train/tokens_per_sec", "train/peak_memory_mb", "best_checkpoint"}

@@ -61,12 +61,26 @@ def mimalloc_library() -> Path | None:
     return Path(found[0].locate()) if found else None
 
 
+def preloadable_mimalloc() -> Path | None:
+    """`mimalloc_library()` where LD_PRELOAD can name it: not where its path holds a space or a colon (its separators)."""
+    library = mimalloc_library()
+    return library if library is not None and not any(c in str(library) for c in " :") else None
+
+
 ALLOCATOR_CHOICE = "BERTGPT_ALLOCATOR"  # mimalloc (the default, where installed) or glibc
+
+
+def chosen_allocator() -> str:
+    """BERTGPT_ALLOCATOR: mimalloc (the default) or glibc; anything else is a user error."""
+    choice = os.environ.get(ALLOCATOR_CHOICE, "mimalloc")
+    if choice not in ("mimalloc", "glibc"):
+        raise UserError(f"{ALLOCATOR_CHOICE}={choice}: choose mimalloc (the default) or glibc (the C library's own malloc).")
+    return choice
 
 
 def commands_allocator() -> str:
     """The allocator a command started from this process's environment runs under (`rerun_under_mimalloc`)."""
-    return "mimalloc" if os.environ.get(ALLOCATOR_CHOICE, "mimalloc") == "mimalloc" and mimalloc_library() else "glibc"
+    return "mimalloc" if chosen_allocator() == "mimalloc" and preloadable_mimalloc() else "glibc"
 
 
 def rerun_under_mimalloc() -> None:
@@ -78,15 +92,12 @@ def rerun_under_mimalloc() -> None:
     `experiment=best`'s first 240 steps). An allocator can only replace malloc before the process starts,
     hence the exec. Nothing happens where mimalloc is not installed (not Linux), where it already serves this
     process, where its path holds a space or a colon (LD_PRELOAD's separators), or with BERTGPT_ALLOCATOR=glibc."""
-    choice = os.environ.get(ALLOCATOR_CHOICE, "mimalloc")
-    if choice not in ("mimalloc", "glibc"):
-        raise UserError(f"{ALLOCATOR_CHOICE}={choice}: choose mimalloc (the default) or glibc (the C library's own malloc).")
-    if choice == "glibc" or allocator() != "glibc":
+    if chosen_allocator() == "glibc" or allocator() != "glibc":
         return
-    library = mimalloc_library()
-    if library is None or any(c in str(library) for c in " :"):
+    library = preloadable_mimalloc()
+    if library is None:
         if ALLOCATOR_CHOICE in os.environ:
-            raise UserError(f"{ALLOCATOR_CHOICE}=mimalloc, but mimalloc cannot be preloaded here ({library or 'not installed'}): "
+            raise UserError(f"{ALLOCATOR_CHOICE}=mimalloc, but mimalloc cannot be preloaded here ({mimalloc_library() or 'not installed'}): "
                             f"pip install cmeel-mimalloc (Linux) in a folder without spaces, or {ALLOCATOR_CHOICE}=glibc.")
         return
     preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
@@ -122,8 +133,9 @@ def keep_freed_memory() -> bool:
     if kind == "glibc" and libc is not None:
         _freed_memory_kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     elif kind == "mimalloc" and not _freed_memory_kept:
-        _mimalloc_purge_delay = mimalloc().mi_option_get(MI_OPTION_PURGE_DELAY)
-        mimalloc().mi_option_set(MI_OPTION_PURGE_DELAY, ctypes.c_long(-1))
+        functions = mimalloc()
+        _mimalloc_purge_delay = functions.mi_option_get(MI_OPTION_PURGE_DELAY)
+        functions.mi_option_set(MI_OPTION_PURGE_DELAY, ctypes.c_long(-1))
         _freed_memory_kept = True
     return _freed_memory_kept
 
