@@ -82,14 +82,13 @@ def main() -> None:
     checkpoint, precision = args.checkpoint, torch.bfloat16 if supports_bf16() else None
     torch.manual_seed(0)
     input_ids = torch.randint(1000, 2000, (args.batch_size, args.length))
-    rows = []
-    shape = build(checkpoint, pretrained=False)
-    per_call = attention_call_bytes(shape, args.batch_size, args.length, precision or torch.float32)
-    del shape
-    print(f"{checkpoint} batch {args.batch_size} x {args.length} tokens, one attention call: {per_call['matmul'] / MIB:,.1f} MiB kept "
-          f"on the matmul path, {per_call['sdpa'] / MIB:,.1f} on SDPA's", flush=True)
+    rows, per_call = [], None
     for attention, recompute in itertools.product(args.attention, (False, True)):
         net = build(checkpoint, pretrained=True, attention=attention, attn_dropout=0.0, dropout=0.0).train()
+        if per_call is None:  # the first model's shape; the call runs on random tensors of its own
+            per_call = attention_call_bytes(net, args.batch_size, args.length, precision or torch.float32)
+            print(f"{checkpoint} batch {args.batch_size} x {args.length} tokens, one attention call: {per_call['matmul'] / MIB:,.1f} MiB kept "
+                  f"on the matmul path, {per_call['sdpa'] / MIB:,.1f} on SDPA's", flush=True)
         blocks = recompute_blocks(net) if recompute else 0
         kept = kept_bytes(net, input_ids, precision)
         weights = sum(p.numel() for p in net.parameters())

@@ -27,6 +27,7 @@ from bertgpt.tasks.language_model import (
     mask_tokens,
     next_token_labels,
 )
+from bertgpt.training.strategies import recompute_blocks
 
 TOKENIZER = "all-minilm-l6-v2"
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_inner=64, block_size=32, dropout=0.0)
@@ -103,25 +104,37 @@ def test_clm_labels_are_the_next_tokens(models, blocks):
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+def loss_curve(text_file: Path, seed: int, objective: str = "mlm", steps: int = 4, recompute: bool = False, **sizes) -> list[float]:
+    """The training losses of a tiny pretraining run on `text_file`, step by step."""
+    L.seed_everything(seed)
+    model = LanguageModel(objective, TOKENIZER, **{**TINY, **sizes})
+    if recompute:
+        assert recompute_blocks(model.net) == TINY["n_layer"]
+    data = TextBlocks(TOKENIZER, path=str(text_file), exclude_held_out=False, block_size=32, seed=seed, batch_size=4)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(outputs["loss"].item())
+
+    trainer = L.Trainer(max_steps=steps, logger=False, callbacks=[Record()], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, precision="32-true")
+    trainer.fit(model, datamodule=data)
+    return losses
+
+
 def test_same_seed_same_loss_curve(text_file):
-    def curve(seed: int) -> list[float]:
-        L.seed_everything(seed)
-        model = LanguageModel("mlm", TOKENIZER, **TINY)
-        data = TextBlocks(TOKENIZER, path=str(text_file), exclude_held_out=False, block_size=32, seed=seed, batch_size=4)
-        losses = []
+    first = loss_curve(text_file, 1)
+    assert len(first) == 4 and first == loss_curve(text_file, 1)
+    assert first != loss_curve(text_file, 2)
 
-        class Record(L.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                losses.append(outputs["loss"].item())
 
-        trainer = L.Trainer(max_steps=4, logger=False, callbacks=[Record()], enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0, precision="32-true")
-        trainer.fit(model, datamodule=data)
-        return losses
-
-    first = curve(1)
-    assert len(first) == 4 and first == curve(1)
-    assert first != curve(2)
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_recomputed_blocks_pretrain_to_the_same_losses(objective, text_file):
+    """activation_checkpointing=true in pretraining: each block runs again in the backward pass, dropout's masks
+    drawn again alike, so the updates, and every later loss, are the plain run's."""
+    plain = loss_curve(text_file, 3, objective, steps=3, dropout=0.1)
+    assert loss_curve(text_file, 3, objective, steps=3, recompute=True, dropout=0.1) == pytest.approx(plain, abs=1e-6)
 
 
 # ----- data ----------------------------------------------------------------------------------------------------
@@ -225,6 +238,8 @@ def test_pretrain_then_fine_tune_from_the_export(objective, fine_tune, tmp_path,
     (["data.path=/nonexistent/reviews.txt"], "error: data.path=/nonexistent/reviews.txt: no such file."),
     (["trainer.max_steps=-1"], "error: trainer.max_steps=-1: set the budget in steps"),
     (["trainer.max_steps=4", "export_steps=[2,4]"], "error: export_steps=[2, 4]: each is a step before the end of the budget"),
+    (["activation_checkpointing=true", "trainer=fsdp", "trainer.strategy.activation_checkpointing=true"],
+     "error: activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one."),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args, message, tmp_path):
     result = run_script("pretrain", *args, f"hydra.run.dir={tmp_path / 'run'}")

@@ -107,18 +107,24 @@ def switch(cfg: DictConfig, key: str, default: bool = False) -> bool:
     return value
 
 
+def recompute_if_asked(cfg: DictConfig, net: torch.nn.Module) -> None:
+    """activation_checkpointing=true (train and pretrain): each Transformer block of `net` keeps only its input
+    for the backward pass (`recompute_blocks`), on any trainer but one that already recomputes them itself."""
+    if not switch(cfg, "activation_checkpointing"):
+        return
+    if OmegaConf.select(cfg, "trainer.strategy.activation_checkpointing"):
+        raise UserError("activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one.")
+    log.info("Activation checkpointing: %d Transformer blocks keep only their input and run again in the backward pass.", recompute_blocks(net))
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit on train, validate every epoch, test the best checkpoint; returns `cfg.optimized_metric` for sweeps."""
-    compile_net, recompute, fit, test = (switch(cfg, key, default) for key, default in
-                                         (("compile", False), ("activation_checkpointing", False), ("train", True), ("test", True)))
+    compile_net, fit, test = (switch(cfg, key, default) for key, default in (("compile", False), ("train", True), ("test", True)))
     L.seed_everything(cfg.seed, workers=True)
     resume = resume_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, **datamodule.task_options())  # the labels come from the data
-    if recompute:
-        if OmegaConf.select(cfg, "trainer.strategy.activation_checkpointing"):
-            raise UserError("activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one.")
-        log.info("Activation checkpointing: %d Transformer blocks keep only their input and run again in the backward pass.", recompute_blocks(model.net))
+    recompute_if_asked(cfg, model.net)
     datamodule.tokenizer  # fail on a bad max_length before the trainer starts writing anything
     trainer = build_trainer(cfg)
     checkpointers = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]

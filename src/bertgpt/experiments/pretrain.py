@@ -21,7 +21,7 @@ from bertgpt.data.tokenize import special_tokens
 from bertgpt.errors import UserError
 from bertgpt.files import atomic_folder
 from bertgpt.models.convert import to_hf
-from bertgpt.pipeline import build_trainer, scalars, write_metrics
+from bertgpt.pipeline import build_trainer, recompute_if_asked, scalars, write_metrics
 from bertgpt.tasks.language_model import OBJECTIVES, LanguageModel
 from bertgpt.training.optim import count_parameters
 
@@ -75,6 +75,7 @@ def pretrain(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model: LanguageModel = hydra.utils.instantiate(cfg.model)
+    recompute_if_asked(cfg, model.net)
     exports = ExportAt(export_steps, Path(cfg.paths.output_dir))
     trainer = build_trainer(cfg, extra_callbacks=[exports])
     total, _ = count_parameters(model)
