@@ -35,7 +35,7 @@ def arms(budget: int, test_size: int, lr: float) -> dict[str, list[str]]:
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| arm | word acc | macro-F1 | majority baseline | epoch time | samples/s | peak MB | command |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | word acc | macro-F1 | majority baseline | epoch time | samples/s | peak MiB | command |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['test/acc']:.2%} | {r['test/f1']:.4f} | {r['test/baseline_acc']:.2%} | "
                      f"{r['train/epoch_time_s'] / 60:.1f} min | {r['train/samples_per_sec']:.1f} | {r['train/peak_memory_mb']:.0f} | `{r['command']}` |")

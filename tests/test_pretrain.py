@@ -238,6 +238,7 @@ def test_pretrain_then_fine_tune_from_the_export(objective, fine_tune, tmp_path,
     (["data.path=/nonexistent/reviews.txt"], "error: data.path=/nonexistent/reviews.txt: no such file."),
     (["trainer.max_steps=-1"], "error: trainer.max_steps=-1: set the budget in steps"),
     (["trainer.max_steps=4", "export_steps=[2,4]"], "error: export_steps=[2, 4]: each is a step before the end of the budget"),
+    (["activation_checkpointing=no"], "error: activation_checkpointing=no: give true or false."),
     (["activation_checkpointing=true", "trainer=fsdp", "trainer.strategy.activation_checkpointing=true"],
      "error: activation_checkpointing=true and trainer.strategy.activation_checkpointing=true would both recompute each block: keep one."),
 ])
