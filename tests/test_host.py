@@ -141,9 +141,10 @@ def test_the_allocator_is_glibcs_unless_another_is_preloaded():
     from bertgpt import host
 
     assert host.allocator() == "glibc" if glibc() is not None else host.allocator() == "unknown"
-    if host.mimalloc_library() is None:
-        pytest.skip("mimalloc is installed on Linux only")
-    env = {**os.environ, "LD_PRELOAD": str(host.mimalloc_library())}
+    library = host.preloadable_mimalloc()
+    if library is None:
+        pytest.skip("mimalloc is installed on Linux only, and LD_PRELOAD cannot name a path with a space or a colon")
+    env = {**os.environ, "LD_PRELOAD": str(library)}
     out = subprocess.run([sys.executable, "-c", KEPT_UNDER_MIMALLOC], capture_output=True, text=True, check=True, env=env).stdout
     result = json.loads(out)
     assert result["allocator"] == "mimalloc" and result["kept"] and result["returned"] and result["delay_restored"], result
