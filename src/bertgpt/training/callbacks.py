@@ -140,10 +140,11 @@ class FreedMemoryLimit(L.Callback):
     of the memory it may use (the machine's or its container's, shared by the processes of one node).
 
     The kept memory trains long sequences faster, but under glibc's malloc batches of changing widths fragment its
-    heap, and the heap then only grows: over `experiment=best`'s three epochs at 512 tokens, to 19.5 GiB. Past the
-    limit the run goes on with the allocator's own settings (`host.return_freed_memory`), which hand memory back, at
-    the speed measured without the kept memory (docs/performance.md, "Memory"). Under mimalloc, the default where
-    installed, the same steps stay far lower, and the limit is a safety net.
+    heap, and the heap then only grows: over `experiment=best`'s three epochs at 512 tokens, to several times what
+    the steps hold (docs/performance.md has the figures). Past the limit the run goes on with the allocator's own
+    settings (`host.return_freed_memory`), which hand memory back, at the speed measured without the kept memory
+    (docs/performance.md, "Memory"). Under mimalloc, the default where installed, the same steps stay far lower, and
+    the limit is a safety net.
     """
 
     def __init__(self, fraction: float = 0.75):
