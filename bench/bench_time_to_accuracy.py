@@ -1,7 +1,7 @@
 """Time to held-out accuracies: how long `src/train.py experiment=fast` takes to first validate at >= each --targets.
 
     python bench/bench_time_to_accuracy.py [--targets 0.88 0.90 0.91] [--epochs 2] [-- more src/train.py overrides]
-    python bench/bench_time_to_accuracy.py --pair A.json B.json    # two saved runs, review by review, step by step
+    python bench/bench_time_to_accuracy.py --pair A.json B.json    # two saved runs, review by review, validation by validation
 
 One real training run of the recipe conf/experiment/fast.yaml: the bundled BERT on the whole 22,500-review
 training split, 256 tokens of each review's head and tail (at the classic 128 tokens of the head it levels
@@ -12,9 +12,11 @@ quarter-epoch's resolution. Results, with the CPU they ran on: bench/results/tim
 keeps which held-out reviews each validation got right (`callbacks.ValidationPredictions`).
 
 Two recipes' curves differ by about a point at a step, less than one reading's sampling error on 2,500 reviews
-(+-1.2 points). `--pair` compares two saved results on the same reviews at each step both validated at: A's
+(+-1.2 points). `--pair` compares two saved results on the same reviews at each validation both reached: A's
 accuracy minus B's with a 95% paired bootstrap interval over the reviews (`bertgpt.experiments.stats`), and whether
-it excludes zero. It says how sure one seed's comparison is; the seed-to-seed spread is another matter.
+it excludes zero. Validations are paired in order: the recipe validates at a share of an epoch, so the k-th
+validation of either run follows the same training reviews whatever their batch sizes (two runs validated at other
+intervals are refused). It says how sure one seed's comparison is; the seed-to-seed spread is another matter.
 """
 
 from __future__ import annotations
@@ -43,8 +45,14 @@ def read_validations(run: Path) -> tuple[str, dict[int, str]]:
     return labels or "", correct
 
 
+def validation_interval(run: dict) -> str | None:
+    """The run's trainer.val_check_interval override, None where it kept the recipe's."""
+    given = [o.split("=", 1)[1] for o in run["overrides"] if o.lstrip("+").startswith("trainer.val_check_interval=")]
+    return given[-1] if given else None
+
+
 def pair(a_path: Path, b_path: Path) -> None:
-    """A's val/acc minus B's at each step both validated at, paired over the same reviews."""
+    """A's val/acc minus B's at each validation both reached, in order, paired over the same reviews."""
     runs = []
     for path in (a_path, b_path):
         record = json.loads(path.read_text())
@@ -56,14 +64,16 @@ def pair(a_path: Path, b_path: Path) -> None:
         raise SystemExit(f"error: {a_path} and {b_path} validated on different held-out reviews: a paired comparison needs the same ones.")
     for name, path, run in (("A", a_path, a), ("B", b_path, b)):
         print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; overrides {' '.join(run['overrides']) or 'none'})")
-    steps = sorted(set(a["val_correct"]) & set(b["val_correct"]), key=int)
-    if not steps:
-        raise SystemExit(f"error: {a_path} and {b_path} share no validation step: they ran at different batch sizes or intervals.")
-    for step in steps:
-        correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run in (a, b)]
+    if validation_interval(a) != validation_interval(b):
+        raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
+                         f"{validation_interval(a) or 'the recipe'}'s against {validation_interval(b) or 'the recipe'}'s): "
+                         "their k-th validations follow different numbers of reviews; pair runs of the same interval.")
+    for k, (step_a, step_b) in enumerate(zip(*(sorted(run["val_correct"], key=int) for run in (a, b))), start=1):
+        correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run, step in ((a, step_a), (b, step_b))]
         d = paired_bootstrap(*correct)
         # the curve's (TensorBoard's) step of a validation is one less than the optimizer steps it followed
-        print(f"  after {int(step):>5,} steps (the curve's step {int(step) - 1:,}): A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
+        steps = f"after {int(step_a):,} steps (the curve's step {int(step_a) - 1:,})" + ("" if step_a == step_b else f", B after {int(step_b):,}")
+        print(f"  validation {k}, {steps}: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
               f"A - B {d.mean:+.2%} [{d.low:+.2%}, {d.high:+.2%}]  {d.verdict}")
 
 

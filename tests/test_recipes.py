@@ -98,9 +98,33 @@ def test_the_time_to_accuracy_pairing_compares_the_same_reviews_at_each_shared_s
     lines = capsys.readouterr().out.splitlines()
     # The same point apart at both steps. At 10, B is right on a subset of A's reviews (A gains 5, loses none): a
     # real difference. At 20, A gains 10 and B 5 of its own: within what the reviews' sampling allows.
-    assert lines[2].startswith("  after    10 steps (the curve's step 9): A 90.00%  B 89.00%  A - B +1.00%") and lines[2].endswith("A better")
-    assert lines[3].startswith("  after    20 steps (the curve's step 19): A 92.00%  B 91.00%  A - B +1.00%") and lines[3].endswith("no difference found")
+    assert lines[2].startswith("  validation 1, after 10 steps (the curve's step 9): A 90.00%  B 89.00%  A - B +1.00%") and lines[2].endswith("A better")
+    assert lines[3].startswith("  validation 2, after 20 steps (the curve's step 19): A 92.00%  B 91.00%  A - B +1.00%") and lines[3].endswith("no difference found")
     assert len(lines) == 4  # step 30: only B validated there
+
+
+def test_the_time_to_accuracy_pairing_pairs_validations_in_order_across_batch_sizes(bench_time_to_accuracy, tmp_path, capsys):
+    # At half the batch size the k-th quarter-epoch validation comes after twice the steps, and the same reviews.
+    labels = [i % 2 for i in range(400)]
+    runs = {"a": ({20: slice(0, 300), 40: slice(0, 380)}, ["data.batch_size=16"]), "b": ({10: slice(0, 340), 20: slice(0, 360)}, [])}
+    records = {}
+    for name, (right_by_step, overrides) in runs.items():
+        fake_validations(tmp_path / name, labels, right_by_step)
+        val_labels, correct = bench_time_to_accuracy.read_validations(tmp_path / name)
+        records[name] = tmp_path / f"{name}.json"
+        records[name].write_text(json.dumps({"machine": {"cpu": "test", "precision": "32-true"}, "overrides": overrides,
+                                             "val_labels": val_labels, "val_correct": correct}))
+    bench_time_to_accuracy.pair(records["a"], records["b"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("  validation 1, after 20 steps (the curve's step 19), B after 10: A 75.00%  B 85.00%  A - B -10.00%")
+    assert lines[2].endswith("B better")
+    assert lines[3].startswith("  validation 2, after 40 steps (the curve's step 39), B after 20: A 95.00%  B 90.00%  A - B +5.00%")
+    assert lines[3].endswith("A better") and len(lines) == 4
+
+    other_interval = tmp_path / "c.json"
+    other_interval.write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": ["trainer.val_check_interval=0.5"]}))
+    with pytest.raises(SystemExit, match="different intervals"):
+        bench_time_to_accuracy.pair(records["b"], other_interval)
 
 
 def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(bench_time_to_accuracy, tmp_path):
