@@ -65,9 +65,10 @@ def pair(a_path: Path, b_path: Path) -> None:
     for name, path, run in (("A", a_path, a), ("B", b_path, b)):
         print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; overrides {' '.join(run['overrides']) or 'none'})")
     if validation_interval(a) != validation_interval(b):
+        intervals = [validation_interval(run) or "the recipe's" for run in (a, b)]
         raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
-                         f"{validation_interval(a) or 'the recipe'}'s against {validation_interval(b) or 'the recipe'}'s): "
-                         "their k-th validations follow different numbers of reviews; pair runs of the same interval.")
+                         f"{intervals[0]} against {intervals[1]}): their k-th validations follow different numbers of "
+                         "reviews; pair runs of the same interval.")
     for k, (step_a, step_b) in enumerate(zip(*(sorted(run["val_correct"], key=int) for run in (a, b))), start=1):
         correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run, step in ((a, step_a), (b, step_b))]
         d = paired_bootstrap(*correct)
