@@ -64,8 +64,8 @@ def pair(a_path: Path, b_path: Path) -> None:
         raise SystemExit(f"error: {a_path} and {b_path} validated on different held-out reviews: a paired comparison needs the same ones.")
     for name, path, run in (("A", a_path, a), ("B", b_path, b)):
         print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; overrides {' '.join(run['overrides']) or 'none'})")
-    if validation_interval(a) != validation_interval(b):
-        intervals = [validation_interval(run) or "the recipe's" for run in (a, b)]
+    intervals = [validation_interval(run) or "the recipe's" for run in (a, b)]
+    if intervals[0] != intervals[1]:
         raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
                          f"{intervals[0]} against {intervals[1]}): their k-th validations follow different numbers of "
                          "reviews; pair runs of the same interval.")
