@@ -82,18 +82,25 @@ def fake_validations(run: Path, labels: list[int], right_by_step: dict[int, slic
         (run / "val_predictions" / f"step_{step:06d}.json").write_text(json.dumps(record))
 
 
-def test_the_time_to_accuracy_pairing_compares_the_same_reviews_at_each_shared_step(bench_time_to_accuracy, tmp_path, capsys):
+def saved_result(bench, run: Path, labels: list[int], right_by_step: dict[int, slice], overrides: list[str]) -> tuple[Path, dict]:
+    """A bench result as main() saves it, from faked val_predictions/: its file, and the record before JSON."""
+    fake_validations(run, labels, right_by_step)
+    val_labels, correct = bench.read_validations(run)
+    record = {"machine": {"cpu": "test", "precision": "32-true"}, "overrides": overrides, "val_labels": val_labels, "val_correct": correct}
+    path = run.with_suffix(".json")
+    path.write_text(json.dumps(record))  # through JSON: the steps become strings, as in a saved result
+    return path, record
+
+
+def test_the_time_to_accuracy_pairing_compares_the_same_reviews_at_each_validation(bench_time_to_accuracy, tmp_path, capsys):
     labels = [i % 2 for i in range(500)]
     runs = {"a": {10: slice(0, 450), 20: slice(0, 460)}, "b": {10: slice(5, 450), 20: slice(10, 465), 30: slice(0, 480)}}
     records = {}
     for name, right_by_step in runs.items():
-        fake_validations(tmp_path / name, labels, right_by_step)
-        val_labels, correct = bench_time_to_accuracy.read_validations(tmp_path / name)
-        assert val_labels == "".join(map(str, labels)) and set(correct) == set(right_by_step)
+        records[name], record = saved_result(bench_time_to_accuracy, tmp_path / name, labels, right_by_step, [])
+        correct = record["val_correct"]
+        assert record["val_labels"] == "".join(map(str, labels)) and set(correct) == set(right_by_step)
         assert [c.count("1") for c in correct.values()] == [len(range(500)[r]) for r in right_by_step.values()]
-        record = {"machine": {"cpu": "test", "precision": "32-true"}, "overrides": [], "val_labels": val_labels, "val_correct": correct}
-        records[name] = tmp_path / f"{name}.json"
-        records[name].write_text(json.dumps(record))  # through JSON: the steps become strings, as in a saved result
     bench_time_to_accuracy.pair(records["a"], records["b"])
     lines = capsys.readouterr().out.splitlines()
     # The same point apart at both steps. At 10, B is right on a subset of A's reviews (A gains 5, loses none): a
@@ -107,13 +114,8 @@ def test_the_time_to_accuracy_pairing_pairs_validations_in_order_across_batch_si
     # At half the batch size the k-th quarter-epoch validation comes after twice the steps, and the same reviews.
     labels = [i % 2 for i in range(400)]
     runs = {"a": ({20: slice(0, 300), 40: slice(0, 380)}, ["data.batch_size=16"]), "b": ({10: slice(0, 340), 20: slice(0, 360)}, [])}
-    records = {}
-    for name, (right_by_step, overrides) in runs.items():
-        fake_validations(tmp_path / name, labels, right_by_step)
-        val_labels, correct = bench_time_to_accuracy.read_validations(tmp_path / name)
-        records[name] = tmp_path / f"{name}.json"
-        records[name].write_text(json.dumps({"machine": {"cpu": "test", "precision": "32-true"}, "overrides": overrides,
-                                             "val_labels": val_labels, "val_correct": correct}))
+    records = {name: saved_result(bench_time_to_accuracy, tmp_path / name, labels, right_by_step, overrides)[0]
+               for name, (right_by_step, overrides) in runs.items()}
     bench_time_to_accuracy.pair(records["a"], records["b"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("  validation 1, after 20 steps (the curve's step 19), B after 10: A 75.00%  B 85.00%  A - B -10.00%")
