@@ -19,9 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bertgpt.cli import compose
 from bertgpt.errors import UserError
-from bertgpt.experiments.compare import ARMS, Run, finished, leaves, settings_since
+from bertgpt.experiments.compare import ARMS, Run, finished, leaves, precision, settings_since
 from bertgpt.experiments.compare_report import read_events, write_report
 from bertgpt.experiments.stats import t_interval
+from bertgpt.host import best_precision
 
 HAS_PRETRAIN = (ROOT / "src" / "pretrain.py").exists()
 PRACTICAL = ["bert", "bert_scratch", "gpt", "gpt_scratch"]
@@ -355,6 +356,19 @@ def test_the_default_scale_plans_each_arm_with_its_seeds_and_sizes(tmp_path):
     assert commands["gpt_zeroshot"].startswith("python src/prompt.py checkpoint=smollm2-135m method=chat shots=0 ")
     assert "shots=4 demo_tokens=64" in commands["gpt_kshot"] and commands["probe_gpt_pos"].startswith("python src/probe.py checkpoint=smollm2-135m task=pos")
     assert str(tmp_path / "compare" / "default" / "gpt") in commands["gpt"]  # one folder per scale: resumable
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], None),
+    (["trainer.precision=32-true"], "32-true"),
+    (["++trainer.precision=16-mixed", "seed=1"], "16-mixed"),  # Hydra's force-add form sets it as well
+    (["trainer.precision=32-true", "+trainer.precision=bf16-mixed"], "bf16-mixed"),  # the last one wins, as in Hydra
+    (["trainer.precision=32-true", "~trainer.precision"], None),  # deleted: the config's own choice again
+    (["trainer.precision_plugin=x"], None),  # another key that merely starts the same
+])
+def test_a_fine_tune_reports_the_precision_its_overrides_give_it(overrides, expected):
+    assert precision(Run("arm", "train", overrides, "practical", "")) == (expected or best_precision())
+    assert precision(Run("arm", "probe", overrides, "practical", "")) is None  # only fine-tunes train in a precision
 
 
 def test_controlled_arms_follow_their_pretraining_and_the_controls_take_random_weights(tmp_path):

@@ -145,6 +145,17 @@ def override_value(value) -> str:
     return hydra_quote(str(value))
 
 
+def override_of(overrides: list[str], key: str) -> str | None:
+    """The value the last of `overrides` that names `key` gives it, as Hydra applies them in order: `key=v`, `+key=v`
+    and `++key=v` set it, `~key` deletes it; None where none sets it (the config's own value stands)."""
+    value = None
+    for override in overrides:
+        name, _, given = override.lstrip("+~").partition("=")
+        if name == key:
+            value = None if override.startswith("~") else given
+    return value
+
+
 def verbatim_text_argument(argv: list[str]) -> list[str]:
     """Quotes `text=...` for Hydra: reviews and sentences hold commas, colons and quotes its grammar would parse."""
     return [f"text={hydra_quote(a[5:])}" if a.startswith("text=") and not a[5:].startswith(("'", '"')) else a for a in argv]

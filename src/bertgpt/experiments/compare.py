@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bertgpt import ROOT
-from bertgpt.cli import clock, compose, exit_on_user_error, hydra_value, override_value
+from bertgpt.cli import clock, compose, exit_on_user_error, hydra_value, override_of, override_value
 from bertgpt.errors import UserError
 from bertgpt.files import write_text
 from bertgpt.host import best_precision, machine
@@ -249,8 +249,7 @@ def precision(run: Run) -> str | None:
     """The precision a fine-tuning run trains in: its own override, else what the trainer config picks on this machine."""
     if run.script != "train":
         return None
-    chosen = [o.split("=", 1)[1] for o in run.overrides if o.startswith("trainer.precision=")]
-    return chosen[-1] if chosen else best_precision()
+    return override_of(run.overrides, "trainer.precision") or best_precision()
 
 
 def invocation() -> str:
