@@ -16,7 +16,8 @@ Two recipes' curves differ by about a point at a step, less than one reading's s
 accuracy minus B's with a 95% paired bootstrap interval over the reviews (`bertgpt.experiments.stats`), and whether
 it excludes zero. Validations are paired in order: the recipe validates at a share of an epoch, so the k-th
 validation of either run follows the same training reviews whatever their batch sizes (two runs validated at other
-intervals are refused). It says how sure one seed's comparison is; the seed-to-seed spread is another matter.
+intervals, or every n batches at different batch sizes, are refused). It says how sure one seed's comparison is;
+the seed-to-seed spread is another matter.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, machine, save
 
+from bertgpt.cli import override_of
 from bertgpt.experiments.compare_report import read_events
 from bertgpt.experiments.stats import paired_bootstrap
 
@@ -43,12 +45,6 @@ def read_validations(run: Path) -> tuple[str, dict[int, str]]:
         labels = "".join(map(str, record["label"]))
         correct[record["step"]] = "".join("1" if p == t else "0" for p, t in zip(record["prediction"], record["label"], strict=True))
     return labels or "", correct
-
-
-def validation_interval(run: dict) -> str | None:
-    """The run's trainer.val_check_interval override, None where it kept the recipe's."""
-    given = [o.split("=", 1)[1] for o in run["overrides"] if o.lstrip("+").startswith("trainer.val_check_interval=")]
-    return given[-1] if given else None
 
 
 def pair(a_path: Path, b_path: Path) -> None:
@@ -64,11 +60,17 @@ def pair(a_path: Path, b_path: Path) -> None:
         raise SystemExit(f"error: {a_path} and {b_path} validated on different held-out reviews: a paired comparison needs the same ones.")
     for name, path, run in (("A", a_path, a), ("B", b_path, b)):
         print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; overrides {' '.join(run['overrides']) or 'none'})")
-    intervals = [validation_interval(run) or "the recipe's" for run in (a, b)]
+    intervals = [override_of(run["overrides"], "trainer.val_check_interval") or "the recipe's" for run in (a, b)]
     if intervals[0] != intervals[1]:
         raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
                          f"{intervals[0]} against {intervals[1]}): their k-th validations follow different numbers of "
                          "reviews; pair runs of the same interval.")
+    batch_sizes = [override_of(run["overrides"], "data.batch_size") or "the recipe's" for run in (a, b)]
+    if intervals[0].isdigit() and batch_sizes[0] != batch_sizes[1]:  # Lightning reads an integer interval as batches
+        raise SystemExit(f"error: {a_path} and {b_path} validated every {intervals[0]} batches at different batch sizes "
+                         f"(data.batch_size {batch_sizes[0]} against {batch_sizes[1]}): their k-th validations follow "
+                         "different numbers of reviews; pair runs validated at a share of an epoch "
+                         "(trainer.val_check_interval=0.25) or of the same batch size.")
     for k, (step_a, step_b) in enumerate(zip(*(sorted(run["val_correct"], key=int) for run in (a, b))), start=1):
         correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run, step in ((a, step_a), (b, step_b))]
         d = paired_bootstrap(*correct)

@@ -127,6 +127,13 @@ def test_the_time_to_accuracy_pairing_pairs_validations_in_order_across_batch_si
     other_interval.write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": ["trainer.val_check_interval=0.5"]}))
     with pytest.raises(SystemExit, match="different intervals"):
         bench_time_to_accuracy.pair(records["b"], other_interval)
+    # Validated every 100 batches, batch 16 and batch 32 see different reviews before their k-th validation.
+    by_batches = {}
+    for name, overrides in (("d", ["trainer.val_check_interval=100", "data.batch_size=16"]), ("e", ["++trainer.val_check_interval=100"])):
+        by_batches[name] = tmp_path / f"{name}.json"
+        by_batches[name].write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": overrides}))
+    with pytest.raises(SystemExit, match="every 100 batches at different batch sizes"):
+        bench_time_to_accuracy.pair(by_batches["d"], by_batches["e"])
 
 
 def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(bench_time_to_accuracy, tmp_path):
