@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import RESULTS, ROOT, best_of, save
+from omegaconf import OmegaConf
 
 from bertgpt.host import keep_freed_memory
 from bertgpt.models.hub import resolve_checkpoint
@@ -105,11 +106,18 @@ class StepFlops:
     """FLOPs of one forward + backward of the classifier at batch shape (B, T), counted once per shape.
 
     Counted on the math attention kernel, whose matmuls torch's counter sees (it does not count the fused
-    CPU kernel): the FLOPs are the model's, whichever kernel runs them.
+    CPU kernel): the FLOPs are the model's, whichever kernel runs them. With `lora` (our arms' model.lora where its r
+    is set) the counted model carries the same adapters: a frozen weight's gradient is never computed, so a LoRA
+    step does fewer FLOPs than a full fine-tune's and its utilisation counts only those.
     """
 
-    def __init__(self, checkpoint: str, pad_token_id: int):
-        self.model = classifier(checkpoint, True, pad_token_id).to(DEVICE)  # the weights' values don't change the FLOPs
+    def __init__(self, checkpoint: str, pad_token_id: int, lora: dict | None = None):
+        self.model = classifier(checkpoint, True, pad_token_id)  # the weights' values don't change the FLOPs
+        if lora:
+            from bertgpt.models.lora import add_lora
+
+            self.model = add_lora(self.model, **lora)
+        self.model.to(DEVICE)
         self.cache: dict[tuple[int, int], int] = {}
 
     def __call__(self, shape: tuple[int, int]) -> int:
@@ -347,10 +355,12 @@ def main() -> None:
     arms = [arm for arm in ARMS if arm in args.arms or (arm == "ours-compile" and args.compile)]
     from bertgpt import cli
 
-    checkpoint = args.checkpoint or str(cli.compose("train", [f"model={args.model}"]).model.net.checkpoint)
+    model_config = cli.compose("train", [f"model={args.model}", *extra_overrides]).model
+    checkpoint = args.checkpoint or str(model_config.net.checkpoint)
+    ours_lora = OmegaConf.to_container(model_config.lora) if model_config.lora.r is not None else None
     if checkpoint == "bert-base-shape":
         checkpoint, args.random_init = bert_base_shape(), True
-    flops = None
+    flops = ours_flops = None
     count = args.batch_size * (args.warmup + args.steps)
     results = {"gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "batch_size": args.batch_size,
                "model": args.model, "checkpoint": checkpoint, "random_init": args.random_init, "device": str(DEVICE),
@@ -359,6 +369,7 @@ def main() -> None:
     for max_length in args.lengths:
         data, tokenizer = reviews(checkpoint, max_length, count)
         flops = flops or StepFlops(checkpoint, tokenizer.pad_token_id)
+        ours_flops = ours_flops or (StepFlops(checkpoint, tokenizer.pad_token_id, ours_lora) if ours_lora else flops)
         figures = {}
         for arm in arms:
             window = Window(args.warmup, args.steps)
@@ -375,7 +386,7 @@ def main() -> None:
                 trained_in = ours(args.model, checkpoint, args.random_init, max_length, count, window, args.batch_size, args.seed,
                                   settings, compile=arm == "ours-compile", host=not (as_trainer or args.glibc_default_malloc))
             peak = peaks.get("bf16" if "bf16" in trained_in else "fp32")  # none where bf16 was forced on a CPU without it
-            figures[arm] = window.figures(flops, peak)
+            figures[arm] = window.figures(ours_flops if arm.startswith("ours") else flops, peak)
             f = figures[arm]
             print(f"  {max_length:>4} {arm:<22} {f['samples_per_sec']:7.1f} samples/s {f['tokens_per_sec']:8.0f} tokens/s  "
                   f"pad {f['padding']:4.0%}  {f['tflops'] * 1000:6.0f} GFLOP/s = "
