@@ -123,17 +123,18 @@ def test_the_time_to_accuracy_pairing_pairs_validations_in_order_across_batch_si
     assert lines[3].startswith("  validation 2, after 40 steps (the curve's step 39), B after 20: A 95.00%  B 90.00%  A - B +5.00%")
     assert lines[3].endswith("A better") and len(lines) == 4
 
-    other_interval = tmp_path / "c.json"
-    other_interval.write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": ["trainer.val_check_interval=0.5"]}))
+    def b_with(name: str, overrides: list[str]) -> Path:
+        """B's saved result as if its run had been given `overrides`."""
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": overrides}))
+        return path
+
     with pytest.raises(SystemExit, match="different intervals"):
-        bench_time_to_accuracy.pair(records["b"], other_interval)
+        bench_time_to_accuracy.pair(records["b"], b_with("c", ["trainer.val_check_interval=0.5"]))
     # Validated every 100 batches, batch 16 and batch 32 see different reviews before their k-th validation.
-    by_batches = {}
-    for name, overrides in (("d", ["trainer.val_check_interval=100", "data.batch_size=16"]), ("e", ["++trainer.val_check_interval=100"])):
-        by_batches[name] = tmp_path / f"{name}.json"
-        by_batches[name].write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": overrides}))
     with pytest.raises(SystemExit, match="every 100 batches at different batch sizes"):
-        bench_time_to_accuracy.pair(by_batches["d"], by_batches["e"])
+        bench_time_to_accuracy.pair(b_with("d", ["trainer.val_check_interval=100", "data.batch_size=16"]),
+                                    b_with("e", ["++trainer.val_check_interval=100"]))
 
 
 def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(bench_time_to_accuracy, tmp_path):
