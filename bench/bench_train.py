@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import RESULTS, ROOT, best_of, save
-from omegaconf import OmegaConf
 
 from bertgpt.host import keep_freed_memory
+from bertgpt.inference import net_logits
 from bertgpt.models.hub import resolve_checkpoint
 
 LR, EPS, CLIP = 2e-5, 1e-8, 1.0
@@ -72,6 +72,17 @@ def bert_base_shape() -> str:
             shutil.copy(minilm / name, folder / name)
         BertConfig().save_pretrained(folder)  # the defaults are bert-base-uncased's
     return str(folder)
+
+
+def ours_net(model: str, checkpoint: str) -> torch.nn.Module:
+    """The net our arms train, conf/model/<model> with --override's settings (LoRA adapters included), built by the
+    task's LightningModule as `pipeline.train` builds it; untrained, as its weights' values don't change the FLOPs."""
+    import hydra
+
+    from bertgpt import cli
+
+    cfg = cli.compose("train", [f"model={model}", f"model.net.checkpoint={checkpoint}", "model.net.pretrained=false", *extra_overrides])
+    return hydra.utils.instantiate(cfg.model, labels=["negative", "positive"]).net
 
 
 def classifier(checkpoint: str, random_init: bool, pad_token_id: int):
@@ -103,21 +114,16 @@ def gemm_peak(dtype: torch.dtype, repeats: int = 10) -> float:
 
 
 class StepFlops:
-    """FLOPs of one forward + backward of the classifier at batch shape (B, T), counted once per shape.
+    """FLOPs of one forward + backward of `model` at batch shape (B, T), counted once per shape.
 
     Counted on the math attention kernel, whose matmuls torch's counter sees (it does not count the fused
-    CPU kernel): the FLOPs are the model's, whichever kernel runs them. With `lora` (our arms' model.lora where its r
-    is set) the counted model carries the same adapters: a frozen weight's gradient is never computed, so a LoRA
+    CPU kernel): the FLOPs are the model's, whichever kernel runs them. Each arm is counted on the model it trains
+    (`classifier` for the library's arms, `ours_net` for ours): a LoRA net's frozen weights get no gradient, so its
     step does fewer FLOPs than a full fine-tune's and its utilisation counts only those.
     """
 
-    def __init__(self, checkpoint: str, pad_token_id: int, lora: dict | None = None):
-        self.model = classifier(checkpoint, True, pad_token_id)  # the weights' values don't change the FLOPs
-        if lora:
-            from bertgpt.models.lora import add_lora
-
-            self.model = add_lora(self.model, **lora)
-        self.model.to(DEVICE)
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.to(DEVICE)
         self.cache: dict[tuple[int, int], int] = {}
 
     def __call__(self, shape: tuple[int, int]) -> int:
@@ -127,7 +133,7 @@ class StepFlops:
 
             ids = torch.randint(1000, 2000, shape, device=DEVICE)
             with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                logits = net_logits(self.model, ids, torch.ones_like(ids))
                 F.cross_entropy(logits, torch.zeros(shape[0], dtype=torch.long, device=DEVICE)).backward()
             self.model.zero_grad(set_to_none=True)
             self.cache[shape] = counter.get_total_flops()
@@ -357,7 +363,6 @@ def main() -> None:
 
     model_config = cli.compose("train", [f"model={args.model}", *extra_overrides]).model
     checkpoint = args.checkpoint or str(model_config.net.checkpoint)
-    ours_lora = OmegaConf.to_container(model_config.lora) if model_config.lora.r is not None else None
     if checkpoint == "bert-base-shape":
         checkpoint, args.random_init = bert_base_shape(), True
     flops = ours_flops = None
@@ -368,8 +373,8 @@ def main() -> None:
                "glibc_default_malloc": args.glibc_default_malloc, "lengths": {}}
     for max_length in args.lengths:
         data, tokenizer = reviews(checkpoint, max_length, count)
-        flops = flops or StepFlops(checkpoint, tokenizer.pad_token_id)
-        ours_flops = ours_flops or (StepFlops(checkpoint, tokenizer.pad_token_id, ours_lora) if ours_lora else flops)
+        flops = flops or StepFlops(classifier(checkpoint, True, tokenizer.pad_token_id))  # the weights' values don't change the FLOPs
+        ours_flops = ours_flops or StepFlops(ours_net(args.model, checkpoint))
         figures = {}
         for arm in arms:
             window = Window(args.warmup, args.steps)

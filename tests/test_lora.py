@@ -220,17 +220,23 @@ def test_train_with_a_wrong_target_exits_2_with_one_line(tiny_bert, workdir, tmp
     assert "'query'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_train_bench_counts_a_lora_step_without_the_frozen_weights_gradients(tiny_bert):
-    """bench_train's utilisation is FLOPs per second: a LoRA arm's step must be counted on a model with its adapters,
-    whose frozen weights get no gradient, not on the full fine-tune's."""
+@pytest.mark.parametrize("model, adapted", [("bert", "query"), ("bert_scratch", "qkv")])
+def test_the_train_bench_counts_our_lora_step_on_the_net_we_train(tiny_bert, monkeypatch, model, adapted):
+    """bench_train's utilisation is FLOPs per second: a LoRA arm's step must be counted on the net our arm trains,
+    its adapters where that net has them (the library's `query`, our stacked `qkv`) and its frozen weights getting
+    no gradient, not on the full fine-tune's."""
     from conftest import bench_script
 
-    step_flops = bench_script("bench_train").StepFlops
-    full = step_flops(tiny_bert, PAD)
-    lora = step_flops(tiny_bert, PAD, {"r": 4, "alpha": None, "dropout": 0.0, "target_modules": None})
-    trainable = [name for name, p in lora.model.named_parameters() if p.requires_grad]
-    assert any("lora_A" in name for name in trainable) and all("lora_" in name or ".classifier." in name for name in trainable)
+    bench = bench_script("bench_train")
     shape = (2, 16)
+    full = bench.StepFlops(bench.ours_net(model, tiny_bert))
+    if model == "bert":  # the library's arms train the same model as ours, so their FLOPs are the same count
+        assert bench.StepFlops(bench.classifier(tiny_bert, True, PAD))(shape) == full(shape)
+    monkeypatch.setattr(bench, "extra_overrides", ["model.lora.r=4", "model.lora.dropout=0.0"])
+    lora = bench.StepFlops(bench.ours_net(model, tiny_bert))
+    trainable = [name for name, p in lora.model.named_parameters() if p.requires_grad]
+    assert any(f"{adapted}.lora_A" in name for name in trainable)
+    assert all("lora_" in name or "classifier" in name for name in trainable), trainable
     # Of forward + backward's three matmuls per frozen weight (the forward, the input's gradient, the weight's),
     # the weight's goes: about a third less, the rank-4 adapters adding a little back.
     assert 0.55 < lora(shape) / full(shape) < 0.8
