@@ -59,7 +59,9 @@ def pair(a_path: Path, b_path: Path) -> None:
     if a["val_labels"] != b["val_labels"]:
         raise SystemExit(f"error: {a_path} and {b_path} validated on different held-out reviews: a paired comparison needs the same ones.")
     for name, path, run in (("A", a_path, a), ("B", b_path, b)):
-        print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; overrides {' '.join(run['overrides']) or 'none'})")
+        # the most epochs is part of the recipe: the linear schedule decays the rate to zero at their end
+        print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; at most {run['epochs']} epoch{'s' * (run['epochs'] != 1)}; "
+              f"overrides {' '.join(run['overrides']) or 'none'})")
     intervals = [override_of(run["overrides"], "trainer.val_check_interval") or "the recipe's" for run in (a, b)]
     if intervals[0] != intervals[1]:
         raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "

@@ -86,7 +86,7 @@ def saved_result(bench, run: Path, labels: list[int], right_by_step: dict[int, s
     """A bench result as main() saves it, from faked val_predictions/: its file, and the record before JSON."""
     fake_validations(run, labels, right_by_step)
     val_labels, correct = bench.read_validations(run)
-    record = {"machine": {"cpu": "test", "precision": "32-true"}, "overrides": overrides, "val_labels": val_labels, "val_correct": correct}
+    record = {"machine": {"cpu": "test", "precision": "32-true"}, "overrides": overrides, "epochs": 2, "val_labels": val_labels, "val_correct": correct}
     path = run.with_suffix(".json")
     path.write_text(json.dumps(record))  # through JSON: the steps become strings, as in a saved result
     return path, record
@@ -103,6 +103,7 @@ def test_the_time_to_accuracy_pairing_compares_the_same_reviews_at_each_validati
         assert [c.count("1") for c in correct.values()] == [len(range(500)[r]) for r in right_by_step.values()]
     bench_time_to_accuracy.pair(records["a"], records["b"])
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"A: {records['a']} (test, 32-true; at most 2 epochs; overrides none)"  # the schedule ends with them
     # The same point apart at both steps. At 10, B is right on a subset of A's reviews (A gains 5, loses none): a
     # real difference. At 20, A gains 10 and B 5 of its own: within what the reviews' sampling allows.
     assert lines[2].startswith("  validation 1, after 10 steps (the curve's step 9): A 90.00%  B 89.00%  A - B +1.00%") and lines[2].endswith("A better")
