@@ -1,6 +1,6 @@
 """Time to held-out accuracies: how long `src/train.py experiment=fast` takes to first validate at >= each --targets.
 
-    python bench/bench_time_to_accuracy.py [--targets 0.88 0.90 0.91] [--epochs 2] [-- more src/train.py overrides]
+    python bench/bench_time_to_accuracy.py [--targets 0.88 0.90 0.91] [--epochs N] [-- more src/train.py overrides]
     python bench/bench_time_to_accuracy.py --pair A.json B.json    # two saved runs, review by review, validation by validation
 
 One real training run of the recipe conf/experiment/fast.yaml: the bundled BERT on the whole 22,500-review
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, machine, save
 
-from bertgpt.cli import override_of
+from bertgpt.cli import compose, override_of
+from bertgpt.errors import UserError
 from bertgpt.experiments.compare_report import read_events
 from bertgpt.experiments.stats import paired_bootstrap
 
@@ -85,13 +86,18 @@ def pair(a_path: Path, b_path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.88, 0.90, 0.91])
-    parser.add_argument("--epochs", type=int, default=2, help="the most epochs to try")
+    parser.add_argument("--epochs", type=int, help="the most epochs to try (default: the recipe's trainer.max_epochs)")
     parser.add_argument("--pair", type=Path, nargs=2, metavar=("A", "B"), help="compare two saved results instead of training")
     parser.add_argument("overrides", nargs="*", help="more src/train.py overrides (after --)")
     args = parser.parse_args()
     if args.pair:
         pair(*args.pair)
         return
+    if args.epochs is None:  # the recipe's, with the overrides' say: its schedule decays the rate over them
+        try:
+            args.epochs = int(compose("train", ["experiment=fast", "model=bert", *args.overrides]).trainer.max_epochs)
+        except UserError as err:
+            raise SystemExit(f"error: {err}") from None
     host = machine()
     print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads", flush=True)
     with tempfile.TemporaryDirectory() as out:

@@ -148,3 +148,25 @@ def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(benc
         bench_time_to_accuracy.pair(a, b)
     with pytest.raises(SystemExit, match="keeps no per-review validations"):
         bench_time_to_accuracy.pair(a, old)
+
+
+def test_the_time_to_accuracy_bench_trains_for_the_recipes_epochs_unless_told(bench_time_to_accuracy, monkeypatch):
+    """The most epochs set where the linear schedule ends: the bench must train, and record, the recipe's, or those
+    --epochs or the overrides give."""
+    bench, commands, saved = bench_time_to_accuracy, [], []
+    monkeypatch.setattr(bench.subprocess, "run", lambda command, **_: commands.append(command))
+    monkeypatch.setattr(bench, "read_events", lambda run: {"val/acc": [(175, 60.0, 0.85)]})  # one validation, no target
+    monkeypatch.setattr(bench, "read_validations", lambda run: ("", {}))
+    monkeypatch.setattr(bench, "save", lambda name, record: saved.append(record))
+    recipe = compose_train("experiment=fast").trainer.max_epochs
+    for argv, epochs in ((["--"], recipe), (["--", "trainer.max_epochs=5"], 5), (["--epochs", "3"], 3)):
+        monkeypatch.setattr("sys.argv", ["bench_time_to_accuracy.py", *argv])
+        bench.main()
+        assert [arg for arg in commands[-1] if arg.startswith("trainer.max_epochs=")][-1] == f"trainer.max_epochs={epochs}"
+        assert saved[-1]["epochs"] == epochs and saved[-1]["targets"]["0.88"] is None
+
+
+def test_the_time_to_accuracy_bench_refuses_a_bad_override_before_training(bench_time_to_accuracy, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["bench_time_to_accuracy.py", "--", "bogus.key=1"])
+    with pytest.raises(SystemExit, match=r"^error: Could not override 'bogus.key'\. To append to your config use \+bogus.key=1$"):
+        bench_time_to_accuracy.main()
