@@ -118,7 +118,7 @@ bench-lora: $(STAMP)  ## full fine-tuning vs LoRA r=8 (peft) for BERT and the de
 pos: $(STAMP)  ## fine-tune the bundled BERT for POS tagging on Brown (1 epoch), e.g. make pos ARGS="model=gpt data.train_size=2000"
 	$(PY) src/train.py task=pos model=bert trainer.devices=1 $(ARGS)
 
-bench-long: $(STAMP)  ## time to 88%, 90% and 91% held-out accuracy with model=bert, 256 tokens head+tail (91% in 17-23 min on the Zen 4 EPYC; ARGS="--targets 0.88 0.90 -- seed=2025" picks targets and overrides)
+bench-long: $(STAMP)  ## time to 88%, 90% and 91% held-out accuracy with model=bert, 256 tokens head+tail for experiment=fast's one epoch (90% in 12-18 min on the Zen 4 EPYC; ARGS="--targets 0.88 0.90 --epochs 2 -- seed=2025" picks targets, epochs and overrides)
 	$(PY) bench/bench_time_to_accuracy.py $(ARGS)
 
 bench-best: $(STAMP)  ## experiment=best (512 tokens head+tail, 3 epochs) over seeds, with a bootstrap interval; e.g. ARGS="--seeds 2024" on a CPU (~1 h on the Zen 5, 1.6 h on the Zen 4)
