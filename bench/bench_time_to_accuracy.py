@@ -37,6 +37,8 @@ from bertgpt.errors import UserError
 from bertgpt.experiments.compare_report import read_events
 from bertgpt.experiments.stats import paired_bootstrap
 
+RECIPE = ["experiment=fast", "model=bert"]  # what the bench trains, and where it reads the recipe's epochs from
+
 
 def read_validations(run: Path) -> tuple[str, dict[int, str]]:
     """The held-out labels, and which reviews each validation got right ("1"/"0" in the split's order), by step."""
@@ -95,14 +97,14 @@ def main() -> None:
         return
     if args.epochs is None:  # the recipe's, with the overrides' say: its schedule decays the rate over them
         try:
-            args.epochs = int(compose("train", ["experiment=fast", "model=bert", *args.overrides]).trainer.max_epochs)
+            args.epochs = int(compose("train", [*RECIPE, *args.overrides]).trainer.max_epochs)
         except UserError as err:
             raise SystemExit(f"error: {err}") from None
     host = machine()
     print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads", flush=True)
     with tempfile.TemporaryDirectory() as out:
         command = [
-            sys.executable, str(ROOT / "src" / "train.py"), "experiment=fast", "model=bert", "trainer.devices=1",
+            sys.executable, str(ROOT / "src" / "train.py"), *RECIPE, "trainer.devices=1",
             f"trainer.max_epochs={args.epochs}", "test=false", f"callbacks.reach_target.stopping_threshold={max(args.targets)}",
             *args.overrides, f"hydra.run.dir={out}",
         ]
