@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import metrics_of, only_run, run_script, tiny_overrides
+from conftest import LABELS, PAD, logits_of, metrics_of, only_run, run_script, tiny_net, tiny_overrides
 
 from bertgpt.errors import UserError
 from bertgpt.models import bert, gpt
@@ -18,31 +18,6 @@ from bertgpt.models.convert import to_hf
 from bertgpt.models.lora import add_lora, merge_lora
 from bertgpt.tasks.classification import SequenceClassifier
 from bertgpt.training.optim import weight_decay_groups
-
-V, PAD, LABELS = 100, 0, 3
-
-
-def tiny_net(kind: str) -> torch.nn.Module:
-    """A 2-layer random sequence classifier of each family; ours in the layouts that export (BERT, Llama)."""
-    torch.manual_seed(0)
-    if kind == "hf_bert":
-        return transformers.BertForSequenceClassification(transformers.BertConfig(
-            vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=32, num_labels=LABELS, pad_token_id=PAD))
-    if kind == "hf_gpt2":
-        return transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
-            vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32, num_labels=LABELS, pad_token_id=PAD))
-    if kind == "hf_llama":
-        return transformers.LlamaForSequenceClassification(transformers.LlamaConfig(
-            vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-            intermediate_size=80, max_position_embeddings=32, tie_word_embeddings=True, num_labels=LABELS, pad_token_id=PAD))
-    if kind == "our_bert":
-        return bert.BertForSequenceClassification(bert.BertConfig(
-            vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=32, n_inner=64, num_labels=LABELS, pad_token_id=PAD))
-    return gpt.GPTForSequenceClassification(gpt.GPTConfig(
-        vocab_size=V, block_size=32, n_layer=2, n_head=6, n_kv_head=2, n_embd=48, n_inner=80, norm="rmsnorm",
-        positions="rotary", mlp="swiglu", bias=False, num_labels=LABELS, pad_token_id=PAD))
-
 
 # kind -> the layers its adapters go on by default, and its head
 FAMILIES = {
@@ -52,20 +27,6 @@ FAMILIES = {
     "our_bert": ({"qkv"}, "classifier"),
     "our_gpt": ({"c_attn"}, "score"),
 }
-
-
-@pytest.fixture
-def batch():
-    """Four right-padded rows of 10 tokens, pads carrying the pad id as the tokenizer writes them."""
-    torch.manual_seed(1)
-    ids = torch.randint(1, V, (4, 10))
-    mask = (torch.arange(10) < torch.tensor([[10], [7], [4], [9]])).long()
-    return ids.masked_fill(mask == 0, PAD), mask
-
-
-def logits_of(net, batch) -> torch.Tensor:
-    out = net(input_ids=batch[0], attention_mask=batch[1])
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))

@@ -27,6 +27,7 @@ from bertgpt.data.collate import IGNORE
 from bertgpt.errors import UserError
 from bertgpt.inference import net_logits, snapshot
 from bertgpt.models.lora import add_lora
+from bertgpt.training.freeze import freeze_bottom
 from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
 from bertgpt.training.strategies import shard_blocks
 
@@ -41,7 +42,8 @@ class Classifier(L.LightningModule):
     Keeping the net's config, not the net, in the hyperparameters lets a checkpoint rebuild it alone; the label
     names travel with it, so eval and predict need nothing else (predict rebuilds the net alone: bertgpt.inference).
     `lora` (`r`, `alpha`, `dropout`, `target_modules`: `bertgpt.models.lora.add_lora`) with `r` set trains LoRA
-    adapters and the head only.
+    adapters and the head only. `freeze` (`embeddings`, `blocks`: `bertgpt.training.freeze.freeze_bottom`) keeps
+    the embeddings and the lowest blocks at their pretrained weights and trains the rest in full.
     """
 
     head: str  # set by each task
@@ -58,6 +60,7 @@ class Classifier(L.LightningModule):
         schedule: str = "linear",
         fused: bool = False,
         lora: dict | None = None,
+        freeze: dict | None = None,
     ):
         super().__init__()
         check_schedule(schedule, warmup_ratio)
@@ -66,8 +69,16 @@ class Classifier(L.LightningModule):
         labels = [str(label) for label in labels]
         self.save_hyperparameters(logger=False)
         self.net = hydra.utils.instantiate(net, head=self.head, num_labels=len(labels))
+        freezing = bool(freeze and (freeze.get("embeddings") or freeze.get("blocks")))
         if lora and lora.get("r") is not None:  # adapters and the head train, the backbone stays frozen
+            if freezing:
+                raise UserError(f"model.freeze={dict(freeze)} with model.lora.r={lora['r']}: LoRA already freezes the whole "
+                                "backbone. Choose one: model.lora.r=null, or model.freeze.embeddings=false model.freeze.blocks=0.")
             self.net = add_lora(self.net, **lora)
+        elif freezing:
+            frozen = freeze_bottom(self.net, **freeze)
+            log.info("model.freeze: %d parameter tensors keep their pretrained weights (embeddings %s, lowest blocks %d).",
+                     len(frozen), freeze.get("embeddings", False), freeze.get("blocks", 0))
         # from_pretrained returns eval mode (dropout off) and Lightning keeps each submodule's mode: fine-tune in train mode.
         self.net.train()
         self.train_loss = MeanMetric()
