@@ -122,7 +122,7 @@ def main() -> None:
         if hit:
             print(f"reached {target:.0%}: val/acc {hit[2]:.2%} at step {hit[0]}, {hit[1] / 60:.1f} min after the run started ({host['cpu']})")
         else:
-            print(f"did not reach {target:.0%} in {args.epochs} epochs: best val/acc {best[2]:.2%} at step {best[0]}")
+            print(f"did not reach {target:.0%} in {args.epochs} epoch{'s' * (args.epochs != 1)}: best val/acc {best[2]:.2%} at step {best[0]}")
     save("time_to_accuracy", {
         "targets": reached, "overrides": args.overrides, "epochs": args.epochs,
         "best_val_acc": round(best[2], 4), "curve": [(s, round(t, 1), round(a, 4)) for s, t, a in points],
