@@ -36,6 +36,7 @@ from bertgpt.cli import compose, override_of
 from bertgpt.errors import UserError
 from bertgpt.experiments.compare_report import read_events
 from bertgpt.experiments.stats import paired_bootstrap
+from bertgpt.training.callbacks import reached
 
 RECIPE = ["experiment=fast", "model=bert"]  # what the bench trains, and where it reads the recipe's epochs from
 
@@ -115,16 +116,16 @@ def main() -> None:
     if not points:
         raise SystemExit("error: the run logged no val/acc; see its output above")
     best = max(points, key=lambda p: p[2])
-    reached = {}
+    hits = {}
     for target in sorted(args.targets):
-        hit = next(((step, seconds, acc) for step, seconds, acc in points if acc >= target), None)
-        reached[f"{target:.2f}"] = {"seconds": round(hit[1], 1), "step": hit[0], "val_acc": round(hit[2], 4)} if hit else None
+        hit = next(((step, seconds, acc) for step, seconds, acc in points if reached(acc, target)), None)
+        hits[f"{target:.2f}"] = {"seconds": round(hit[1], 1), "step": hit[0], "val_acc": round(hit[2], 4)} if hit else None
         if hit:
             print(f"reached {target:.0%}: val/acc {hit[2]:.2%} at step {hit[0]}, {hit[1] / 60:.1f} min after the run started ({host['cpu']})")
         else:
             print(f"did not reach {target:.0%} in {args.epochs} epoch{'s' * (args.epochs != 1)}: best val/acc {best[2]:.2%} at step {best[0]}")
     save("time_to_accuracy", {
-        "targets": reached, "overrides": args.overrides, "epochs": args.epochs,
+        "targets": hits, "overrides": args.overrides, "epochs": args.epochs,
         "best_val_acc": round(best[2], 4), "curve": [(s, round(t, 1), round(a, 4)) for s, t, a in points],
         "val_labels": labels, "val_correct": correct,
     })

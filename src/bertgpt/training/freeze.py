@@ -16,8 +16,8 @@ from bertgpt.training.strategies import blocks_of
 
 
 def embedding_parameters(net: nn.Module) -> dict[str, nn.Parameter]:
-    """The input embeddings' parameters outside the blocks: every `nn.Embedding` (tokens, learned positions, BERT's
-    token types), and what a family keeps beside them in an `embeddings` module (BERT's LayerNorm)."""
+    """The input embeddings' parameters: every `nn.Embedding` (tokens, learned positions, BERT's token types), and
+    what a family keeps beside them in an `embeddings` module (BERT's LayerNorm)."""
     found = {}
     for module_name, module in net.named_modules():
         if isinstance(module, nn.Embedding) or module_name.rsplit(".", 1)[-1] == "embeddings":
