@@ -15,8 +15,9 @@ Two recipes' curves differ by about a point at a step, less than one reading's s
 (+-1.2 points). `--pair` compares two saved results on the same reviews at each validation both reached: A's
 accuracy minus B's with a 95% paired bootstrap interval over the reviews (`bertgpt.experiments.stats`), and whether
 it excludes zero. Validations are paired in order: the recipe validates at a share of an epoch, so the k-th
-validation of either run follows the same training reviews whatever their batch sizes (two runs validated at other
-intervals, or every n batches at different batch sizes, are refused). It says how sure one seed's comparison is;
+validation of either run follows the same training reviews whatever their batch sizes. Runs validated at different
+intervals at one batch size (every 8th of an epoch against every 4th) are paired at the steps both validated after;
+at different intervals and batch sizes, or every n batches at different batch sizes, they are refused. It says how sure one seed's comparison is;
 the seed-to-seed spread is another matter.
 """
 
@@ -41,6 +42,11 @@ from bertgpt.training.callbacks import reached
 RECIPE = ["experiment=fast", "model=bert"]  # what the bench trains, and where it reads the recipe's epochs from
 
 
+def budget(epochs: int, max_steps: int | None) -> str:
+    """A run's most training: its epochs, and its steps where trainer.max_steps sets them (the schedule ends there)."""
+    return f"{epochs} epoch{'s' * (epochs != 1)}" + (f" and {max_steps:,} steps" if max_steps and max_steps > 0 else "")
+
+
 def read_validations(run: Path) -> tuple[str, dict[int, str]]:
     """The held-out labels, and which reviews each validation got right ("1"/"0" in the split's order), by step."""
     labels, correct = None, {}
@@ -63,28 +69,41 @@ def pair(a_path: Path, b_path: Path) -> None:
     if a["val_labels"] != b["val_labels"]:
         raise SystemExit(f"error: {a_path} and {b_path} validated on different held-out reviews: a paired comparison needs the same ones.")
     for name, path, run in (("A", a_path, a), ("B", b_path, b)):
-        # the most epochs is part of the recipe: the linear schedule decays the rate to zero at their end
-        print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; at most {run['epochs']} epoch{'s' * (run['epochs'] != 1)}; "
+        # the most training is part of the recipe: the linear schedule decays the rate to zero at its end
+        print(f"{name}: {path} ({run['machine']['cpu']}, {run['machine']['precision']}; at most {budget(run['epochs'], run.get('max_steps'))}; "
               f"overrides {' '.join(run['overrides']) or 'none'})")
     intervals = [override_of(run["overrides"], "trainer.val_check_interval") or "the recipe's" for run in (a, b)]
-    if intervals[0] != intervals[1]:
-        raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
-                         f"{intervals[0]} against {intervals[1]}): their k-th validations follow different numbers of "
-                         "reviews; pair runs of the same interval.")
     batch_sizes = [override_of(run["overrides"], "data.batch_size") or "the recipe's" for run in (a, b)]
-    if intervals[0].isdigit() and batch_sizes[0] != batch_sizes[1]:  # Lightning reads an integer interval as batches
-        raise SystemExit(f"error: {a_path} and {b_path} validated every {intervals[0]} batches at different batch sizes "
-                         f"(data.batch_size {batch_sizes[0]} against {batch_sizes[1]}): their k-th validations follow "
-                         "different numbers of reviews; pair runs validated at a share of an epoch "
-                         "(trainer.val_check_interval=0.25) or of the same batch size.")
-    for k, (step_a, step_b) in enumerate(zip(*(sorted(run["val_correct"], key=int) for run in (a, b))), start=1):
+    steps = [sorted(run["val_correct"], key=int) for run in (a, b)]
+    if intervals[0] != intervals[1]:
+        if batch_sizes[0] != batch_sizes[1]:
+            raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
+                             f"{intervals[0]} against {intervals[1]}) and batch sizes (data.batch_size {batch_sizes[0]} "
+                             f"against {batch_sizes[1]}): no validation of one follows the same reviews as one of the "
+                             "other; pair runs of the same interval or of the same batch size.")
+        # At one batch size a step is a number of reviews: pair the steps both validated at (every 8th and 4th of an epoch: 4)
+        common = sorted(set(steps[0]) & set(steps[1]), key=int)
+        if not common:
+            raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
+                             f"{intervals[0]} against {intervals[1]}) and never after the same step: nothing to pair.")
+        print(f"validated at different intervals ({intervals[0]} against {intervals[1]}): paired at the {len(common)} "
+              f"step{'s' * (len(common) != 1)} both validated after")
+        pairs = [(steps[0].index(step) + 1, steps[1].index(step) + 1, step, step) for step in common]
+    else:
+        if intervals[0].isdigit() and batch_sizes[0] != batch_sizes[1]:  # Lightning reads an integer interval as batches
+            raise SystemExit(f"error: {a_path} and {b_path} validated every {intervals[0]} batches at different batch sizes "
+                             f"(data.batch_size {batch_sizes[0]} against {batch_sizes[1]}): their k-th validations follow "
+                             "different numbers of reviews; pair runs validated at a share of an epoch "
+                             "(trainer.val_check_interval=0.25) or of the same batch size.")
+        pairs = [(k, k, step_a, step_b) for k, (step_a, step_b) in enumerate(zip(*steps), start=1)]
+    for k_a, k_b, step_a, step_b in pairs:
         correct = [np.array([[c == "1" for c in run["val_correct"][step]]]) for run, step in ((a, step_a), (b, step_b))]
         d = paired_bootstrap(*correct)
         # the curve's (TensorBoard's) step of a validation is one less than the optimizer steps it followed
-        steps = f"after {int(step_a):,} steps (the curve's step {int(step_a) - 1:,})" + ("" if step_a == step_b else f", B after {int(step_b):,}")
-        print(f"  validation {k}, {steps}: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
+        after = f"after {int(step_a):,} steps (the curve's step {int(step_a) - 1:,})" + ("" if step_a == step_b else f", B after {int(step_b):,}")
+        which = f"validation {k_a}" if k_a == k_b else f"A's validation {k_a}, B's {k_b}"
+        print(f"  {which}, {after}: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
               f"A - B {d.mean:+.2%} [{d.low:+.2%}, {d.high:+.2%}]  {d.verdict}")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,11 +115,13 @@ def main() -> None:
     if args.pair:
         pair(*args.pair)
         return
-    if args.epochs is None:  # the recipe's, with the overrides' say: its schedule decays the rate over them
-        try:
-            args.epochs = int(compose("train", [*RECIPE, *args.overrides]).trainer.max_epochs)
-        except UserError as err:
-            raise SystemExit(f"error: {err}") from None
+    try:  # the recipe's epochs and step budget, with the overrides' say: its schedule decays the rate over them
+        trainer = compose("train", [*RECIPE, *args.overrides]).trainer
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.epochs is None:
+        args.epochs = int(trainer.max_epochs)
+    max_steps = int(trainer.max_steps) if trainer.get("max_steps", -1) > 0 else None
     host = machine()
     print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads", flush=True)
     with tempfile.TemporaryDirectory() as out:
@@ -123,9 +144,9 @@ def main() -> None:
         if hit:
             print(f"reached {target:.0%}: val/acc {hit[2]:.2%} at step {hit[0]}, {hit[1] / 60:.1f} min after the run started ({host['cpu']})")
         else:
-            print(f"did not reach {target:.0%} in {args.epochs} epoch{'s' * (args.epochs != 1)}: best val/acc {best[2]:.2%} at step {best[0]}")
+            print(f"did not reach {target:.0%} in {budget(args.epochs, max_steps)}: best val/acc {best[2]:.2%} at step {best[0]}")
     save("time_to_accuracy", {
-        "targets": hits, "overrides": args.overrides, "epochs": args.epochs,
+        "targets": hits, "overrides": args.overrides, "epochs": args.epochs, "max_steps": max_steps,
         "best_val_acc": round(best[2], 4), "curve": [(s, round(t, 1), round(a, 4)) for s, t, a in points],
         "val_labels": labels, "val_correct": correct,
     })

@@ -152,12 +152,29 @@ def test_the_time_to_accuracy_pairing_pairs_validations_in_order_across_batch_si
         path.write_text(json.dumps({**json.loads(records["b"].read_text()), "overrides": overrides}))
         return path
 
-    with pytest.raises(SystemExit, match="different intervals"):
-        bench_time_to_accuracy.pair(records["b"], b_with("c", ["trainer.val_check_interval=0.5"]))
+    with pytest.raises(SystemExit, match="different intervals .* and batch sizes"):
+        bench_time_to_accuracy.pair(records["a"], b_with("c", ["trainer.val_check_interval=0.125"]))
     # Validated every 100 batches, batch 16 and batch 32 see different reviews before their k-th validation.
     with pytest.raises(SystemExit, match="every 100 batches at different batch sizes"):
         bench_time_to_accuracy.pair(b_with("d", ["trainer.val_check_interval=100", "data.batch_size=16"]),
                                     b_with("e", ["++trainer.val_check_interval=100"]))
+
+
+def test_the_time_to_accuracy_pairing_meets_a_finer_interval_at_the_steps_both_validated_after(bench_time_to_accuracy, tmp_path, capsys):
+    # Every 8th of an epoch against every 4th at one batch size: the 8th run's 2nd and 4th validations are the others' 1st and 2nd.
+    labels = [i % 2 for i in range(400)]
+    runs = {"eighths": ({5: slice(0, 200), 10: slice(0, 300), 15: slice(0, 320), 20: slice(0, 360)}, ["trainer.val_check_interval=0.125"]),
+            "quarters": ({10: slice(0, 340), 20: slice(0, 360)}, []), "offset": ({7: slice(0, 340)}, ["trainer.val_check_interval=0.3"])}
+    records = {name: saved_result(bench_time_to_accuracy, tmp_path / name, labels, right_by_step, overrides)[0]
+               for name, (right_by_step, overrides) in runs.items()}
+    bench_time_to_accuracy.pair(records["eighths"], records["quarters"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "validated at different intervals (0.125 against the recipe's): paired at the 2 steps both validated after"
+    assert lines[3].startswith("  A's validation 2, B's 1, after 10 steps (the curve's step 9): A 75.00%  B 85.00%  A - B -10.00%")
+    assert lines[4].startswith("  A's validation 4, B's 2, after 20 steps (the curve's step 19): A 90.00%  B 90.00%  A - B +0.00%")
+    assert len(lines) == 5
+    with pytest.raises(SystemExit, match="never after the same step"):
+        bench_time_to_accuracy.pair(records["offset"], records["quarters"])
 
 
 def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(bench_time_to_accuracy, tmp_path):
@@ -172,7 +189,7 @@ def test_the_time_to_accuracy_pairing_refuses_other_reviews_and_old_results(benc
         bench_time_to_accuracy.pair(a, old)
 
 
-def test_the_time_to_accuracy_bench_trains_for_the_recipes_epochs_unless_told(bench_time_to_accuracy, monkeypatch):
+def test_the_time_to_accuracy_bench_trains_for_the_recipes_epochs_unless_told(bench_time_to_accuracy, monkeypatch, capsys):
     """The most epochs set where the linear schedule ends: the bench must train, and record, the recipe's, or those
     --epochs or the overrides give."""
     bench, commands, saved = bench_time_to_accuracy, [], []
@@ -186,6 +203,14 @@ def test_the_time_to_accuracy_bench_trains_for_the_recipes_epochs_unless_told(be
         bench.main()
         assert [arg for arg in commands[-1] if arg.startswith("trainer.max_epochs=")][-1] == f"trainer.max_epochs={epochs}"
         assert saved[-1]["epochs"] == epochs and saved[-1]["targets"]["0.88"] is None
+    recipe_steps = compose_train("experiment=fast").trainer.max_steps
+    assert saved[-1]["max_steps"] == (recipe_steps if recipe_steps > 0 else None)
+    # A step budget ends the schedule before the epochs do: recorded, and named where the target was missed.
+    monkeypatch.setattr("sys.argv", ["bench_time_to_accuracy.py", "--epochs", "1", "--", "trainer.max_steps=264"])
+    capsys.readouterr()
+    bench.main()
+    assert saved[-1]["max_steps"] == 264 and "trainer.max_steps=264" in commands[-1]
+    assert "did not reach 91% in 1 epoch and 264 steps: best val/acc 85.00% at step 175" in capsys.readouterr().out
 
 
 def test_the_time_to_accuracy_bench_refuses_a_bad_override_before_training(bench_time_to_accuracy, monkeypatch):
