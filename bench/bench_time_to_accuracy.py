@@ -17,8 +17,8 @@ accuracy minus B's with a 95% paired bootstrap interval over the reviews (`bertg
 it excludes zero. Validations are paired in order: the recipe validates at a share of an epoch, so the k-th
 validation of either run follows the same training reviews whatever their batch sizes. Runs validated at different
 intervals at one batch size (every 8th of an epoch against every 4th) are paired at the steps both validated after;
-at different intervals and batch sizes, or every n batches at different batch sizes, they are refused. It says how sure one seed's comparison is;
-the seed-to-seed spread is another matter.
+at different intervals and batch sizes, or every n batches at different batch sizes, they are refused. It says how
+sure one seed's comparison is; the seed-to-seed spread is another matter.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def pair(a_path: Path, b_path: Path) -> None:
                              f"{intervals[0]} against {intervals[1]}) and batch sizes (data.batch_size {batch_sizes[0]} "
                              f"against {batch_sizes[1]}): no validation of one follows the same reviews as one of the "
                              "other; pair runs of the same interval or of the same batch size.")
-        # At one batch size a step is a number of reviews: pair the steps both validated at (every 8th and 4th of an epoch: 4)
+        # At one batch size a step is a number of reviews: pair the steps both validated after (every 8th against every
+        # 4th of an epoch: each of the 4th's)
         common = sorted(set(steps[0]) & set(steps[1]), key=int)
         if not common:
             raise SystemExit(f"error: {a_path} and {b_path} validated at different intervals (trainer.val_check_interval "
@@ -104,6 +105,7 @@ def pair(a_path: Path, b_path: Path) -> None:
         which = f"validation {k_a}" if k_a == k_b else f"A's validation {k_a}, B's {k_b}"
         print(f"  {which}, {after}: A {correct[0].mean():.2%}  B {correct[1].mean():.2%}  "
               f"A - B {d.mean:+.2%} [{d.low:+.2%}, {d.high:+.2%}]  {d.verdict}")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
