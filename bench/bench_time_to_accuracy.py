@@ -43,8 +43,8 @@ RECIPE = ["experiment=fast", "model=bert"]  # what the bench trains, and where i
 
 
 def budget(epochs: int, max_steps: int | None) -> str:
-    """A run's most training: its epochs, and its steps where trainer.max_steps sets them (the schedule ends there)."""
-    return f"{epochs} epoch{'s' * (epochs != 1)}" + (f" and {max_steps:,} steps" if max_steps and max_steps > 0 else "")
+    """A run's most training: its epochs, and its steps where a budget sets them (None: none; the schedule ends there)."""
+    return f"{epochs} epoch{'s' * (epochs != 1)}" + (f" and {max_steps:,} steps" if max_steps else "")
 
 
 def read_validations(run: Path) -> tuple[str, dict[int, str]]:
@@ -123,7 +123,7 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
     if args.epochs is None:
         args.epochs = int(trainer.max_epochs)
-    max_steps = int(trainer.max_steps) if trainer.get("max_steps", -1) > 0 else None
+    max_steps = int(trainer.max_steps) if (trainer.max_steps or 0) > 0 else None  # -1 or null: no budget
     host = machine()
     print(f"CPU: {host['cpu']} ({host['cpu_kind']}, {host['precision']}), {host['threads']} threads", flush=True)
     with tempfile.TemporaryDirectory() as out:
