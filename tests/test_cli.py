@@ -141,6 +141,7 @@ def test_predict_prints_label_and_probability(trained, tmp_path):
         ("train", ["data.path=/nonexistent/reviews"], "data.path=/nonexistent/reviews: no such file or folder"),
         ("train", ["data.max_length=4"], "data.max_length=4 is below 8"),
         ("train", ["data.batch_size=0"], "data.batch_size=0: a batch holds at least one review"),
+        ("train", ["model.layer_lr_decay=1.5"], "model.layer_lr_decay=1.5: each layer's rate is this times the rate of the layer above it"),
         ("train", ["model=bret"], "error: model=bret: unknown model. Choose one of bert, bert_base,"),
         ("train", ["-m", "model=bert,bret"], "error: model=bert,bret: unknown model bret. Choose one of"),
         ("eval", ["trainer=gpux"], "error: trainer=gpux: unknown trainer. Choose one of"),

@@ -7,9 +7,12 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_net
 
 from bertgpt.data.reviews import IMDBDataModule
+from bertgpt.errors import UserError
 from bertgpt.tasks.classification import SequenceClassifier
+from bertgpt.training.optim import weight_decay_groups
 
 
 def classifier(checkpoint: str, **kwargs) -> SequenceClassifier:
@@ -71,6 +74,53 @@ def test_linear_schedule_with_warmup(tiny_bert):
         scheduler.step()
     assert lrs[0] == pytest.approx(1e-5) and lrs[1] == pytest.approx(2e-5)  # warmup over 2 steps
     assert lrs[2:] == pytest.approx([2e-5 * (10 - s) / 8 for s in range(2, 10)])  # then linear decay to 0
+
+
+# kind -> (its embeddings' parameter names start with one of these, block i's with this pattern)
+LAYERS = {
+    "hf_bert": (("bert.embeddings.",), "bert.encoder.layer.{}."),
+    "hf_gpt2": (("transformer.wte.", "transformer.wpe."), "transformer.h.{}."),
+    "hf_llama": (("model.embed_tokens.",), "model.layers.{}."),
+    "our_bert": (("embeddings.",), "encoder.{}."),
+    "our_gpt": (("transformer.wte.",), "transformer.h.{}."),
+}
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_layer_wise_rate_decay_gives_each_layer_its_share_of_the_rate(kind):
+    """decay 0.5 over two blocks: the head at the full rate, block 1 at 0.5, block 0 at 0.25, the embeddings at
+    0.125; within each layer, weight decay on the weights only; every trainable parameter in exactly one group."""
+    net = tiny_net(kind)
+    embeddings, block = LAYERS[kind]
+    groups = weight_decay_groups(net, 0.01, layer_lr_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(scale) == len(list(net.parameters()))
+    for name, param in net.named_parameters():
+        expected = (0.125 if name.startswith(embeddings) else 0.25 if name.startswith(block.format(0))
+                    else 0.5 if name.startswith(block.format(1)) else 1.0)
+        assert scale[id(param)] == expected, name
+    assert sorted({g["lr_scale"] for g in groups}) == [0.125, 0.25, 0.5, 1.0]
+    for g in groups:
+        assert (g["weight_decay"] > 0) == all(p.ndim >= 2 for p in g["params"])
+    assert [g["lr_scale"] for g in weight_decay_groups(net, 0.01)] == [1.0, 1.0]  # 1 (the default): BERT's two groups
+
+
+def test_layer_wise_rates_follow_the_schedule_and_bad_decays_are_refused(tiny_bert):
+    model = classifier(tiny_bert, warmup_ratio=0.2, layer_lr_decay=0.8)
+    config = optimizers_for(model, total_steps=10)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    top = 2e-5 * 6 / 8  # step 4 of a 2-step warmup and a decay to 0 at step 10
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([top * 0.8**k for k in (3, 2, 1, 0)])
+    head = {id(p) for p in model.net.classifier.parameters()}
+    assert all(g["lr"] == pytest.approx(top) for g in optimizer.param_groups if head & {id(p) for p in g["params"]})
+    for bad in (0, 1.5, -0.5, True):
+        with pytest.raises(UserError, match=f"model.layer_lr_decay={bad}: each layer's rate is this times"):
+            classifier(tiny_bert, layer_lr_decay=bad)
+    with pytest.raises(UserError, match="Linear has no Transformer blocks"):
+        weight_decay_groups(torch.nn.Linear(2, 2), 0.01, layer_lr_decay=0.5)
 
 
 def test_decoder_reads_the_last_real_token_whatever_the_padding(tiny_gpt2):

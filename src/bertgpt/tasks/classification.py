@@ -28,7 +28,7 @@ from bertgpt.errors import UserError
 from bertgpt.inference import net_logits, snapshot
 from bertgpt.models.lora import add_lora
 from bertgpt.training.freeze import freeze_bottom
-from bertgpt.training.optim import adamw_with_schedule, check_finite, check_schedule
+from bertgpt.training.optim import adamw_with_schedule, check_finite, check_layer_lr_decay, check_schedule
 from bertgpt.training.strategies import shard_blocks
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class Classifier(L.LightningModule):
     names travel with it, so eval and predict need nothing else (predict rebuilds the net alone: bertgpt.inference).
     `lora` (`r`, `alpha`, `dropout`, `target_modules`: `bertgpt.models.lora.add_lora`) with `r` set trains LoRA
     adapters and the head only. `freeze` (`embeddings`, `blocks`: `bertgpt.training.freeze.freeze_bottom`) keeps
-    the embeddings and the lowest blocks at their pretrained weights and trains the rest in full.
+    the embeddings and the lowest blocks at their pretrained weights and trains the rest in full. `layer_lr_decay`
+    below 1 trains each layer at that times the rate of the layer above it (`bertgpt.training.optim.layer_lr_scales`).
     """
 
     head: str  # set by each task
@@ -61,9 +62,11 @@ class Classifier(L.LightningModule):
         fused: bool = False,
         lora: dict | None = None,
         freeze: dict | None = None,
+        layer_lr_decay: float = 1.0,
     ):
         super().__init__()
         check_schedule(schedule, warmup_ratio)
+        check_layer_lr_decay(layer_lr_decay)
         if len(labels) < 2:
             raise UserError(f"the data has {len(labels)} label(s) ({labels}): a classifier needs at least two.")
         labels = [str(label) for label in labels]
@@ -226,7 +229,7 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_with_schedule(self, self.trainer.estimated_stepping_batches, hp.lr, hp.eps, hp.weight_decay, hp.betas,
-                                   hp.warmup_ratio, hp.schedule, fused=self._fused or None)
+                                   hp.warmup_ratio, hp.schedule, fused=self._fused or None, layer_lr_decay=hp.layer_lr_decay)
 
 
 class SequenceClassifier(Classifier):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from bertgpt.errors import TrainingDiverged, UserError
+from bertgpt.training.freeze import embedding_parameters
+from bertgpt.training.strategies import blocks_of
 
 SCHEDULES = ("linear", "constant")
 
@@ -16,22 +18,55 @@ def check_schedule(schedule: str, warmup_ratio: float) -> None:
         raise UserError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1).")
 
 
-def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: decay on weights only, never on biases or normalisation gains (BERT's recipe)."""
-    decay, no_decay = [], []
+def check_layer_lr_decay(decay: float) -> None:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        raise UserError(f"model.layer_lr_decay={decay}: each layer's rate is this times the rate of the layer above it, "
+                        "a number in (0, 1]; 1 trains every layer at model.lr.")
+
+
+def layer_lr_scales(module: torch.nn.Module, decay: float) -> dict[int, float]:
+    """Layer-wise rate decay (ULMFiT's discriminative fine-tuning, ELECTRA's layer-wise decay): each parameter's share
+    of the peak rate by `id`, `decay` to the power of the layers above it. What sits outside the Transformer blocks and
+    the embeddings (the head, BERT's pooler, a decoder's final norm) trains at the full rate, the top block at
+    `decay`, the embeddings at decay ** (blocks + 1): the lower a layer, the more general what it holds, and the less
+    fine-tuning moves it."""
+    check_layer_lr_decay(decay)
+    blocks = blocks_of(module)
+    if not blocks:
+        raise UserError(f"model.layer_lr_decay={decay}: {type(module).__name__} has no Transformer blocks to decay the rate "
+                        "over; set model.layer_lr_decay=1.")
+    top = len(blocks) + 1
+    depth = {id(param): 0 for param in embedding_parameters(module).values()}
+    for i, block in enumerate(blocks, start=1):
+        depth.update((id(param), i) for param in block.parameters())
+    return {id(param): decay ** (top - depth.get(id(param), top)) for param in module.parameters()}
+
+
+def weight_decay_groups(module: torch.nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups: decay on weights only, never on biases or normalisation gains (BERT's recipe). Under
+    a `layer_lr_decay` below 1, a pair of groups per layer, each with its `lr_scale` of the peak rate (top first)."""
+    scales = layer_lr_scales(module, layer_lr_decay) if layer_lr_decay != 1 else {}
+    groups: dict[tuple[float, bool], dict] = {}
     for name, param in module.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (param.ndim < 2 or "norm" in name.lower())
+            scale = scales.get(id(param), 1.0)
+            group = groups.setdefault((scale, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale})
+            group["params"].append(param)
+    return [groups[key] for key in sorted(groups, reverse=True)]
 
 
 def adamw_with_schedule(module: torch.nn.Module, total_steps: int, lr: float, eps: float, weight_decay: float,
-                        betas=(0.9, 0.999), warmup_ratio: float = 0.0, schedule: str = "linear", fused: bool | None = None):
-    """What `configure_optimizers` returns: AdamW (weight decay on weights only) and, unless the rate is constant
-    from the first step, a per-step schedule: a linear warmup over `warmup_ratio` of `total_steps`, then
-    constant or a linear decay to 0 at `total_steps`."""
+                        betas=(0.9, 0.999), warmup_ratio: float = 0.0, schedule: str = "linear", fused: bool | None = None,
+                        layer_lr_decay: float = 1.0):
+    """What `configure_optimizers` returns: AdamW (weight decay on weights only; each layer's peak rate `lr` times
+    its `layer_lr_decay` scale) and, unless the rate is constant from the first step, a per-step schedule: a linear
+    warmup over `warmup_ratio` of `total_steps`, then constant or a linear decay to 0 at `total_steps`."""
     check_schedule(schedule, warmup_ratio)
-    optimizer = torch.optim.AdamW(weight_decay_groups(module, weight_decay), lr=lr, eps=eps, betas=tuple(betas), fused=fused)
+    groups = weight_decay_groups(module, weight_decay, layer_lr_decay)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=lr, eps=eps, betas=tuple(betas), fused=fused)
     if schedule == "constant" and warmup_ratio == 0:
         return optimizer
     total = max(1, total_steps)
