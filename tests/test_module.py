@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_net
+from conftest import only_run, run_script, tiny_net, tiny_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bertgpt.data.reviews import IMDBDataModule
 from bertgpt.errors import UserError
@@ -100,9 +101,13 @@ def test_layer_wise_rate_decay_gives_each_layer_its_share_of_the_rate(kind):
                     else 0.5 if name.startswith(block.format(1)) else 1.0)
         assert scale[id(param)] == expected, name
     assert sorted({g["lr_scale"] for g in groups}) == [0.125, 0.25, 0.5, 1.0]
+    names = [g["name"] for g in groups]  # what LearningRateMonitor logs each group's rate under
+    layers = ["top", "block2", "block1", "embeddings"]
+    assert [n for n in names if not n.endswith("-no_decay")] == layers and len(set(names)) == len(names)
+    assert {n for n in names if n.endswith("-no_decay")} <= {f"{layer}-no_decay" for layer in layers}
     for g in groups:
         assert (g["weight_decay"] > 0) == all(p.ndim >= 2 for p in g["params"])
-    assert [g["lr_scale"] for g in weight_decay_groups(net, 0.01)] == [1.0, 1.0]  # 1 (the default): BERT's two groups
+    assert [(g["lr_scale"], "name" in g) for g in weight_decay_groups(net, 0.01)] == [(1.0, False)] * 2  # 1: BERT's two groups
 
 
 def test_layer_wise_rates_follow_the_schedule_and_bad_decays_are_refused(tiny_bert):
@@ -121,6 +126,21 @@ def test_layer_wise_rates_follow_the_schedule_and_bad_decays_are_refused(tiny_be
             classifier(tiny_bert, layer_lr_decay=bad)
     with pytest.raises(UserError, match="Linear has no Transformer blocks"):
         weight_decay_groups(torch.nn.Linear(2, 2), 0.01, layer_lr_decay=0.5)
+
+
+def test_train_logs_each_layers_rate_under_its_name(tiny_bert, workdir, tmp_path):
+    """`src/train.py model.layer_lr_decay=0.5`: TensorBoard gets each layer's rate (LearningRateMonitor reads the
+    groups' names), the embeddings' an eighth of the top's at every step of the schedule."""
+    result = run_script("train", *tiny_overrides(tiny_bert, workdir, tmp_path, "model.layer_lr_decay=0.5", "test=false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (events,) = (only_run(tmp_path) / "tensorboard").iterdir()
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    rates = {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"] if tag.startswith("lr-AdamW/")}
+    assert {"lr-AdamW/top", "lr-AdamW/block2", "lr-AdamW/block1", "lr-AdamW/embeddings"} <= set(rates), sorted(rates)
+    assert len(rates["lr-AdamW/top"]) > 2 and len(set(rates["lr-AdamW/top"])) > 1  # the schedule moved it
+    assert rates["lr-AdamW/embeddings"] == pytest.approx([rate / 8 for rate in rates["lr-AdamW/top"]])
+    assert rates["lr-AdamW/block1"] == pytest.approx([rate / 4 for rate in rates["lr-AdamW/top"]])
 
 
 def test_decoder_reads_the_last_real_token_whatever_the_padding(tiny_gpt2):

@@ -24,34 +24,38 @@ def check_layer_lr_decay(decay: float) -> None:
                         "a number in (0, 1]; 1 trains every layer at model.lr.")
 
 
-def layer_lr_scales(module: torch.nn.Module, decay: float) -> dict[int, float]:
-    """Layer-wise rate decay (ULMFiT's discriminative fine-tuning, ELECTRA's layer-wise decay): each parameter's share
-    of the peak rate by `id`, `decay` to the power of the layers above it. What sits outside the Transformer blocks and
-    the embeddings (the head, BERT's pooler, a decoder's final norm) trains at the full rate, the top block at
-    `decay`, the embeddings at decay ** (blocks + 1): the lower a layer, the more general what it holds, and the less
-    fine-tuning moves it."""
+def layer_lr_scales(module: torch.nn.Module, decay: float) -> dict[int, tuple[str, float]]:
+    """Layer-wise rate decay (ULMFiT's discriminative fine-tuning, ELECTRA's layer-wise decay): each parameter's layer
+    and share of the peak rate, by `id`: `decay` to the power of the layers above it. What sits outside the Transformer
+    blocks and the embeddings (the head, BERT's pooler, a decoder's final norm: "top") trains at the full rate, the top
+    block at `decay`, the embeddings at decay ** (blocks + 1): the lower a layer, the more general what it holds, and
+    the less fine-tuning moves it."""
     check_layer_lr_decay(decay)
     blocks = blocks_of(module)
     if not blocks:
         raise UserError(f"model.layer_lr_decay={decay}: {type(module).__name__} has no Transformer blocks to decay the rate "
                         "over; set model.layer_lr_decay=1.")
     top = len(blocks) + 1
-    depth = {id(param): 0 for param in embedding_parameters(module).values()}
+    layers = {id(param): ("embeddings", 0) for param in embedding_parameters(module).values()}
     for i, block in enumerate(blocks, start=1):
-        depth.update((id(param), i) for param in block.parameters())
-    return {id(param): decay ** (top - depth.get(id(param), top)) for param in module.parameters()}
+        layers.update((id(param), (f"block{i}", i)) for param in block.parameters())
+    named = (layers.get(id(param), ("top", top)) for param in module.parameters())
+    return {id(param): (name, decay ** (top - depth)) for param, (name, depth) in zip(module.parameters(), named)}
 
 
 def weight_decay_groups(module: torch.nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
     """AdamW parameter groups: decay on weights only, never on biases or normalisation gains (BERT's recipe). Under
-    a `layer_lr_decay` below 1, a pair of groups per layer, each with its `lr_scale` of the peak rate (top first)."""
-    scales = layer_lr_scales(module, layer_lr_decay) if layer_lr_decay != 1 else {}
+    a `layer_lr_decay` below 1, a pair of groups per layer, top first, each with its `lr_scale` of the peak rate and
+    a `name` (block3, block3-no_decay, ...) that LearningRateMonitor logs its rate under."""
+    layers = layer_lr_scales(module, layer_lr_decay) if layer_lr_decay != 1 else {}
     groups: dict[tuple[float, bool], dict] = {}
     for name, param in module.named_parameters():
         if param.requires_grad:
             decays = not (param.ndim < 2 or "norm" in name.lower())
-            scale = scales.get(id(param), 1.0)
+            layer, scale = layers.get(id(param), (None, 1.0))
             group = groups.setdefault((scale, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale})
+            if layer:
+                group["name"] = layer if decays else f"{layer}-no_decay"
             group["params"].append(param)
     return [groups[key] for key in sorted(groups, reverse=True)]
 
