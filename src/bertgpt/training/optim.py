@@ -39,8 +39,11 @@ def layer_lr_scales(module: torch.nn.Module, decay: float) -> dict[int, tuple[st
     layers = {id(param): ("embeddings", 0) for param in embedding_parameters(module).values()}
     for i, block in enumerate(blocks, start=1):
         layers.update((id(param), (f"block{i}", i)) for param in block.parameters())
-    named = (layers.get(id(param), ("top", top)) for param in module.parameters())
-    return {id(param): (name, decay ** (top - depth)) for param, (name, depth) in zip(module.parameters(), named)}
+    scales = {}
+    for param in module.parameters():
+        name, depth = layers.get(id(param), ("top", top))
+        scales[id(param)] = (name, decay ** (top - depth))
+    return scales
 
 
 def weight_decay_groups(module: torch.nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
@@ -53,10 +56,11 @@ def weight_decay_groups(module: torch.nn.Module, weight_decay: float, layer_lr_d
         if param.requires_grad:
             decays = not (param.ndim < 2 or "norm" in name.lower())
             layer, scale = layers.get(id(param), (None, 1.0))
-            group = groups.setdefault((scale, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale})
-            if layer:
-                group["name"] = layer if decays else f"{layer}-no_decay"
-            group["params"].append(param)
+            if (scale, decays) not in groups:
+                groups[scale, decays] = {"params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+                if layer:
+                    groups[scale, decays]["name"] = layer if decays else f"{layer}-no_decay"
+            groups[scale, decays]["params"].append(param)
     return [groups[key] for key in sorted(groups, reverse=True)]
 
 
