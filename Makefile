@@ -99,12 +99,13 @@ sweep: $(STAMP)  ## Optuna search over lr, batch size, warmup: make sweep TRIALS
 	$(PY) src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=$(TRIALS) \
 		data.train_size=$(TRAIN_SIZE) data.val_size=$(VAL_SIZE) $(ARGS)
 
-bench: $(STAMP)  ## the CPU and its GEMM peak; tokenization, attention, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF; torch.compile vs eager (11 min on the 2-core Zen 5 EPYC, 18.5 on the slower AMX Xeon)
+bench: $(STAMP)  ## the CPU and its GEMM peak; tokenization, attention, training throughput and utilisation vs the classic recipe and the HF Trainer; our models vs HF; torch.compile vs eager; one-sentence predict start-up (11 min on the 2-core Zen 5 EPYC, 13-16 on the Zen 4, 18.5 on the slower AMX Xeon; the predict step adds ~1.5 min)
 	$(PY) bench/bench_tokenize.py
 	$(PY) bench/bench_attention.py
 	$(PY) bench/bench_train.py $(ARGS)
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_compile.py
+	$(PY) bench/bench_predict.py --reviews 300 --lengths 128
 
 bench-predict: $(STAMP)  ## one-sentence predict start-up; predict / eval.py vs transformers.pipeline throughput on 1,000 reviews
 	$(PY) bench/bench_predict.py $(ARGS)

@@ -43,9 +43,14 @@ def timed(command: list[str], **kwargs) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
+def quick_train_overrides(out: Path) -> list[str]:
+    """src/train.py's overrides for a 2-step library BERT whose checkpoint lands under `out`."""
+    return ["model=bert", "trainer.devices=1", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+            "trainer.max_steps=2", "logger=none", "test=false", f"hydra.run.dir={out / 'train'}"]
+
+
 def quick_checkpoint(out: Path) -> Path:
-    command = ["src/train.py", "model=bert", "trainer.devices=1", "data.train_size=64", "data.val_size=32", "data.test_size=32",
-               "+trainer.max_steps=2", "logger=none", "test=false", f"hydra.run.dir={out / 'train'}"]
+    command = ["src/train.py", *quick_train_overrides(out)]
     print("$ python " + " ".join(command), flush=True)
     timed(command)
     return out / "train" / "checkpoints" / "last.ckpt"

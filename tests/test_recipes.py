@@ -214,6 +214,13 @@ def test_the_time_to_accuracy_bench_trains_for_the_recipes_epochs_unless_told(be
     assert "did not reach 91% in 1 epoch and 264 steps: best val/acc 85.00% at step 175" in capsys.readouterr().out
 
 
+def test_the_predict_bench_quick_training_composes(tmp_path):
+    """`make bench-predict` trains a 2-step BERT first: its overrides must compose with conf/ as it is (a
+    `+trainer.max_steps=2` there stopped composing, and the bench with it, once trainer/default.yaml set max_steps)."""
+    cfg = compose_train(*bench_script("bench_predict").quick_train_overrides(tmp_path))
+    assert cfg.trainer.max_steps == 2 and cfg.data.train_size == 64 and cfg.test is False
+
+
 def test_the_time_to_accuracy_bench_refuses_a_bad_override_before_training(bench_time_to_accuracy, monkeypatch):
     monkeypatch.setattr("sys.argv", ["bench_time_to_accuracy.py", "--", "bogus.key=1"])
     with pytest.raises(SystemExit, match=r"^error: Could not override 'bogus.key'\. To append to your config use \+bogus.key=1$"):
